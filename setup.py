@@ -1,0 +1,7 @@
+"""Thin shim so that ``python setup.py develop`` (the seed's instructions) keeps working.
+
+All metadata lives in ``pyproject.toml``.
+"""
+from setuptools import setup
+
+setup()

@@ -1,0 +1,33 @@
+"""Shared pytest configuration.
+
+Tests marked ``esorex`` run the real ESO MUSE recipes; they are skipped, with the reason, when the
+``esorex`` executable or the MUSE recipes are not installed.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+
+def _muse_recipes_available():
+    if shutil.which("esorex") is None:
+        return False, "esorex is not installed (apt-get install esorex cpl-plugin-muse)"
+    try:
+        listing = subprocess.run(["esorex", "--recipes"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"esorex --recipes failed: {exc}"
+    if "muse_bias" not in listing:
+        return False, "esorex is installed but the MUSE recipes are not (apt-get install cpl-plugin-muse)"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any("esorex" in item.keywords for item in items):
+        return
+    available, reason = _muse_recipes_available()
+    if available:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "esorex" in item.keywords:
+            item.add_marker(skip)
