@@ -116,12 +116,14 @@ class RawScan:
                 group = self.table[(self.table["tpl_start"] == tpl) & (self.table["tag"] == tag)]
                 nframes = len(group)
                 nexp = int(max(group["tpl_nexp"]))
+                # A template may mix types (OBJECT and SKY exposures of one science template): TPL NEXP counts all.
+                in_template = int(np.sum(self.table["tpl_start"] == tpl))
                 minimum = instrument.MINIMUM_RAW_FRAMES.get(tag, 1)
                 problems = []
                 if nframes < minimum:
                     problems.append(f"{nframes} frame(s), the recipe needs at least {minimum}")
-                if nexp > 0 and nframes < nexp:
-                    problems.append(f"{nframes} of the {nexp} exposures announced by TPL NEXP")
+                if nexp > 0 and in_template < nexp:
+                    problems.append(f"{in_template} of the {nexp} exposures announced by TPL NEXP")
                 rows.append((tpl, tag, str(group["night"][0]), nframes, nexp, minimum, not problems,
                              "; ".join(problems)))
         return Table(rows=rows or None, names=("tpl_start", "tag", "night", "nframes", "tpl_nexp", "minimum",

@@ -150,6 +150,12 @@ def test_templates_flag_incomplete_groups(raw_folder):
     for i in range(3):
         _write(raw_folder, f"flat{i}", "CALIB", "FLAT,LAMP", tpl_start="2025-03-14T11:00:00", nexp=3, expno=i + 1)
     _write(raw_folder, "obj", "SCIENCE", "OBJECT", tpl_start="2025-03-15T01:00:00", nexp=2, expno=1)
+    # A science template with OBJECT and SKY exposures is complete when all announced exposures are there.
+    _write(raw_folder, "sci1", "SCIENCE", "OBJECT", tpl_start="2025-03-15T02:00:00", nexp=2, expno=1)
+    _write(raw_folder, "sci2", "SCIENCE", "SKY", tpl_start="2025-03-15T02:00:00", nexp=2, expno=2)
+    templates = {(row["tpl_start"], row["tag"]): row for row in scan_raw(raw_folder).templates()}
+    assert templates[("2025-03-15T02:00:00", "OBJECT")]["complete"]
+    assert templates[("2025-03-15T02:00:00", "SKY")]["complete"]
     templates = {row["tpl_start"]: row for row in scan_raw(raw_folder).templates()}
     assert not templates["2025-03-14T10:00:00"]["complete"]
     assert "at least 3" in templates["2025-03-14T10:00:00"]["problem"]

@@ -1,0 +1,67 @@
+"""``pymusepipe run``: the reduction of a target and pointing from the shell (same options as MusePipe)."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser):
+    from .cli import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--pointing", type=int, default=1, help="pointing number (default 1)")
+    parser.add_argument("--first", help="first step to run (e.g. bias, scibasic_all)")
+    parser.add_argument("--last", help="last step to run (e.g. combine_pointing)")
+    parser.add_argument("--fake", action="store_true", help="fakemode: plan and log the commands, run nothing")
+    parser.add_argument("--logfile", default="MusePipe.log", help="replay log name in Log/ (default MusePipe.log)")
+    parser.add_argument("--reset-log", action="store_true", help="start the replay log afresh")
+    parser.add_argument("--filter-list", default="white", help="filters of the final images (default white)")
+    parser.add_argument("--filter-for-alignment", default="Cousins_R", help="filter of the alignment images")
+    parser.add_argument("--no-illum", action="store_true", help="do not use the ILLUM flats")
+    parser.add_argument("--fraction", type=float, default=0.8, help="muse_create_sky --fraction (default 0.8)")
+    parser.add_argument("--time-astrometry", action="store_true",
+                        help="choose geometry/astrometry tables by date (musecalib_time/validity_table.txt)")
+    parser.add_argument("--pinning", choices=("likwid", "taskset", "none"), help="CPU pinning of esorex")
+    parser.add_argument("--cpus", help="CPU ids to use, e.g. 0-7 or 0,2,4")
+    parser.add_argument("--ifu-mode", choices=("auto", "fanout", "merged"), default="auto",
+                        help="one esorex per IFU (fanout) or ESO's --nifu=-1 --merge (merged); auto picks")
+    parser.add_argument("--overwrite", action="store_true", help="re-run jobs whose products are up to date")
+    parser.add_argument("--parameters", help='recipe parameter overrides as JSON, e.g. \'{"scipost": {"pixfrac": 0.6}}\'')
+
+
+def parse_cpus(text):
+    """CPU ids from ``0-3,6``."""
+    if not text:
+        return None
+    cpus = []
+    for part in text.split(","):
+        if "-" in part:
+            low, high = part.split("-", 1)
+            cpus.extend(range(int(low), int(high) + 1))
+        elif part.strip():
+            cpus.append(int(part))
+    return cpus
+
+
+def run(args) -> int:
+    from .musepipe import MusePipe, StepFailedError, StepInputError
+
+    try:
+        parameters = json.loads(args.parameters) if args.parameters else None
+    except json.JSONDecodeError as error:
+        print(f"--parameters is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    pipe = MusePipe(args.target, args.pointing, args.rc, args.cal, logfile=args.logfile, reset_log=args.reset_log,
+                    fakemode=args.fake, filter_list=args.filter_list, filter_for_alignment=args.filter_for_alignment,
+                    musemode=args.musemode, time_astrometry=args.time_astrometry, pinning=args.pinning,
+                    cpus=parse_cpus(args.cpus), ifu_mode=args.ifu_mode, overwrite=args.overwrite)
+    try:
+        pipe.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, first=args.first, last=args.last,
+                             parameters=parameters)
+    except (StepFailedError, StepInputError) as error:
+        print(pipe.status())
+        print(f"\n{error}", file=sys.stderr)
+        return 1
+    print(pipe.status())
+    print(f"replay log: {pipe.engine.log.path}")
+    return 0

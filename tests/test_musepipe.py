@@ -1,0 +1,103 @@
+"""MusePipe without running recipes: set-up errors, step order and slicing, parameters, fakemode."""
+import pytest
+
+from pymusepipe.config import CALIB_KEYS
+from pymusepipe.musepipe import STEPS, MusePipe, StepInputError
+
+from rawframes import primary_header, write_raw
+
+TEMPLATES = [  # (stem, DPR CATG, DPR TYPE, count, TPL START)
+    ("bias", "CALIB", "BIAS", 3, "2025-03-16T14:00:00"),
+    ("flat", "CALIB", "FLAT,LAMP", 3, "2025-03-16T14:10:00"),
+    ("arc", "CALIB", "WAVE", 3, "2025-03-16T14:20:00"),
+    ("skyflat", "CALIB", "FLAT,SKY", 3, "2025-03-16T23:00:00"),
+    ("illum", "CALIB", "FLAT,LAMP,ILLUM", 1, "2025-03-16T23:30:00"),
+    ("std", "CALIB", "STD", 1, "2025-03-16T23:40:00"),
+    ("obj", "SCIENCE", "OBJECT", 2, "2025-03-17T01:00:00"),
+    ("sky", "SCIENCE", "SKY", 1, "2025-03-17T01:30:00"),
+]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    calib = tmp_path / "cal"
+    calib.mkdir()
+    for _, _, name in CALIB_KEYS.values():
+        (calib / name).write_bytes(b"")
+    raw = tmp_path / "data" / "NGC1000" / "P01" / "Raw"
+    raw.mkdir(parents=True)
+    mjd = 60750.6
+    for stem, catg, dpr_type, count, tpl in TEMPLATES:
+        for i in range(count):
+            mjd += 0.002
+            write_raw(raw / f"{stem}{i}.fits", primary_header(catg, dpr_type, mjd=mjd, tpl_start=tpl, nexp=count,
+                                                              expno=i + 1))
+    return tmp_path
+
+
+def _fake(dataset, **kwargs):
+    return MusePipe("NGC1000", 1, musecalib=dataset / "cal", root=dataset / "data", fakemode=True,
+                    filter_list="white,Cousins_R", **kwargs)
+
+
+def test_fakemode_plans_every_step_in_order(dataset):
+    pipe = _fake(dataset)
+    pipe.run_all_recipes()
+    assert list(pipe.steps) == list(STEPS)
+    assert pipe.steps["scibasic_all"].report is not None
+    assert len(pipe.steps["scibasic_all"].report.jobs) == 4      # 2 OBJECT + 1 SKY + 1 STD, one job each
+    scipost = pipe.steps["scipost"].report.jobs
+    assert len(scipost) == 2
+    sof = scipost[0].sof.read_text()
+    for tag in ("PIXTABLE_OBJECT", "STD_RESPONSE", "EXTINCT_TABLE", "OFFSET_LIST", "SKY_LINES", "SKY_CONTINUUM",
+                "LSF_PROFILE"):
+        assert f" {tag}\n" in sof, tag
+    assert not any(pipe.layout.folder("object").glob("*.fits"))
+    assert "esorex" in pipe.engine.log.path.read_text()
+
+
+def test_first_last_and_parameter_overrides(dataset):
+    pipe = _fake(dataset)
+    pipe.run_all_recipes(first="run_bias", last="wave")
+    assert list(pipe.steps) == ["bias", "flat", "wave"]
+    pipe = _fake(dataset)
+    pipe.run_all_recipes(parameters={"scipost": {"pixfrac": 0.6}, "muse_exp_combine": {"pixfrac": 0.5}})
+    assert all(job.parameters["pixfrac"] == 0.6 for job in pipe.steps["scipost"].report.jobs)
+    assert "pixfrac" not in pipe.steps["prep_align"].report.jobs[0].parameters
+    assert pipe.steps["combine_pointing"].report.jobs[0].parameters["pixfrac"] == 0.5
+    with pytest.raises(ValueError, match="unknown step 'sciposte'"):
+        pipe.run_all_recipes(first="sciposte")
+    with pytest.raises(ValueError, match="comes after"):
+        pipe.run_all_recipes(first="sky", last="bias")
+
+
+def test_illum_false_leaves_illum_out(dataset):
+    pipe = _fake(dataset)
+    pipe.run_all_recipes(last="twilight", illum=False)
+    assert " ILLUM\n" not in pipe.steps["twilight"].report.jobs[0].sof.read_text()
+    pipe = _fake(dataset)
+    pipe.run_all_recipes(last="twilight")
+    assert " ILLUM\n" in pipe.steps["twilight"].report.jobs[0].sof.read_text()
+
+
+def test_setup_errors_name_what_is_wrong(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="P02/Raw does not exist"):
+        MusePipe("NGC1000", 2, musecalib=dataset / "cal", root=dataset / "data", fakemode=True)
+    with pytest.raises(ValueError, match="both rc_filename and cal_filename"):
+        MusePipe("NGC1000", 1, rc_filename="rc.dic")
+    with pytest.raises(TypeError, match="unexpected argument.*colour"):
+        MusePipe("NGC1000", 1, musecalib=dataset / "cal", root=dataset / "data", colour="blue")
+    with pytest.raises(ValueError, match="musemode"):
+        _fake(dataset, musemode="WFM")
+    pipe = _fake(dataset)
+    with pytest.raises(FileNotFoundError, match="offset_list=.*does not exist"):
+        pipe.run_scipost(offset_list=tmp_path / "nothere.fits")
+
+
+@pytest.mark.esorex
+def test_step_without_inputs_names_the_step_that_makes_them(dataset):
+    pipe = MusePipe("NGC1000", 1, musecalib=dataset / "cal", root=dataset / "data", pinning="none")
+    with pytest.raises(StepInputError, match="PIXTABLE_STD.*run_scibasic_all"):
+        pipe.run_standard()
+    with pytest.raises(StepInputError, match="PIXTABLE_REDUCED.*run_scipost"):
+        pipe.run_combine_pointing()
