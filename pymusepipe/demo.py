@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def ensure_pipeline(esorex="esorex"):
     def available():
         if shutil.which(esorex) is None:
             return False
-        listing = subprocess.run([esorex, "--recipes"], capture_output=True, text=True).stdout
+        with tempfile.TemporaryDirectory() as scratch:  # esorex leaves esorex.log in its working folder
+            listing = subprocess.run([esorex, "--recipes"], capture_output=True, text=True, cwd=scratch).stdout
         return "muse_bias" in listing
 
     if available():

@@ -237,7 +237,7 @@ class MusePipe:
     def _raw_exposures(self, tag) -> list:
         return [[row] for row in self.raw_table[self.raw_table["tag"] == tag]]
 
-    def _products(self, tag, recipe=None, label_suffix=None) -> list:
+    def _products(self, tag, recipe=None) -> list:
         """Registered products of a tag (planned ones too in fakemode), as input frames."""
         wanted = {"done", "planned"} if self.fakemode else {"done"}
         frames = []
@@ -245,8 +245,6 @@ class MusePipe:
             if record.tag != tag or record.status not in wanted:
                 continue
             if recipe and record.recipe != recipe:
-                continue
-            if label_suffix is not None and not record.job.split("_ifu")[0].endswith(label_suffix):
                 continue
             frames.append(InputFrame.from_product(record))
         return sorted(frames, key=lambda frame: (frame.mjd, frame.ifu))

@@ -5,6 +5,7 @@ Tests marked ``esorex`` run the real ESO MUSE recipes; they are skipped, with th
 """
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -13,7 +14,10 @@ def _muse_recipes_available():
     if shutil.which("esorex") is None:
         return False, "esorex is not installed (apt-get install esorex cpl-plugin-muse)"
     try:
-        listing = subprocess.run(["esorex", "--recipes"], capture_output=True, text=True, timeout=60).stdout
+        # esorex writes esorex.log into its working folder: keep it out of the checkout.
+        with tempfile.TemporaryDirectory() as scratch:
+            listing = subprocess.run(["esorex", "--recipes"], capture_output=True, text=True, timeout=60,
+                                     cwd=scratch).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"esorex --recipes failed: {exc}"
     if "muse_bias" not in listing:

@@ -1,0 +1,286 @@
+"""SOF files, esorex command lines, and reading esorex logs.
+
+Everything here builds argv lists, never shell strings: paths reach esorex exactly as given. The one
+program that re-splits its arguments on spaces is ``likwid-pin``, so :func:`build_command` refuses a path
+containing a space when pinning with it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .recipes import format_parameter
+
+__all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "available_cpus",
+           "format_cpu_list", "EsorexLog", "parse_log", "pipeline_version", "recipe_parameters",
+           "check_parameters", "EsorexError"]
+
+logger = logging.getLogger(__name__)
+
+PINNING_LIKWID = "likwid"
+PINNING_TASKSET = "taskset"
+PINNING_NONE = "none"
+PINNING_METHODS = (PINNING_LIKWID, PINNING_TASKSET, PINNING_NONE)
+
+
+class EsorexError(RuntimeError):
+    """esorex cannot be found or cannot be asked something."""
+
+
+@dataclass(frozen=True)
+class SofEntry:
+    """One line of a SOF file: an absolute path and its tag; ``mjd`` orders the lines (None: after dated ones)."""
+
+    path: str
+    tag: str
+    mjd: float | None = None
+
+
+def write_sof(path, entries: Iterable) -> str:
+    """Write a SOF file: ``<absolute path> <TAG>`` per line, inputs sorted by MJD.
+
+    Parameters
+    ----------
+    path : str or Path
+        SOF file to write (its folder is created).
+    entries : iterable of SofEntry or (path, tag[, mjd]) tuples
+
+    Returns
+    -------
+    str
+        The text written (the replay log repeats it).
+    """
+    rows = [entry if isinstance(entry, SofEntry) else SofEntry(*entry) for entry in entries]
+    for row in rows:
+        if not os.path.isabs(row.path):
+            raise ValueError(f"SOF {path}: path {row.path!r} ({row.tag}) is not absolute")
+        if row.tag.split() != [row.tag]:  # empty, or contains white space
+            raise ValueError(f"SOF {path}: invalid tag {row.tag!r} for {row.path}")
+    # Dated frames first in time order (dateobs products are numbered in this order), then undated ones.
+    rows.sort(key=lambda row: (row.mjd is None, row.mjd if row.mjd is not None else 0.0))
+    sof_path = Path(path)
+    if not sof_path.parent.is_dir():
+        sof_path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{row.path} {row.tag}\n" for row in rows)
+    sof_path.write_text(text)
+    return text
+
+
+def read_sof(path) -> list:
+    """Read a SOF back as a list of (path, tag)."""
+    lines = Path(path).read_text().splitlines()
+    return [tuple(line.rsplit(None, 1)) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def available_cpus() -> list:
+    """CPU ids this process may run on (its affinity mask), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def format_cpu_list(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``'0-2,5'``."""
+    cpus = sorted(set(int(cpu) for cpu in cpus))
+    if not cpus:
+        raise ValueError("empty CPU list")
+    ranges, start, previous = [], cpus[0], cpus[0]
+    for cpu in cpus[1:] + [None]:
+        if cpu is not None and cpu == previous + 1:
+            previous = cpu
+            continue
+        ranges.append(f"{start}" if start == previous else f"{start}-{previous}")
+        if cpu is not None:
+            start = previous = cpu
+    return ",".join(ranges)
+
+
+def pinning_prefix(method: str, cpus: Sequence[int]) -> list:
+    """argv prefix that pins a command to ``cpus``.
+
+    ``likwid``: ``likwid-pin -q -c <ids>``, with physical ids taken from the affinity mask (the ``N:``
+    numbering of likwid counts cores of the whole node, which may not be ours inside a cgroup);
+    ``taskset``: ``taskset -c <ids>``; ``none``: no prefix.
+    """
+    if method == PINNING_NONE:
+        return []
+    cpu_list = format_cpu_list(cpus)
+    if method == PINNING_LIKWID:
+        return ["likwid-pin", "-q", "-c", cpu_list]
+    if method == PINNING_TASKSET:
+        return ["taskset", "-c", cpu_list]
+    raise ValueError(f"pinning={method!r}: expected one of {', '.join(PINNING_METHODS)}")
+
+
+def default_pinning() -> str:
+    """``likwid`` when likwid-pin is installed (as in the original tool), else ``taskset``, else ``none``."""
+    if shutil.which("likwid-pin"):
+        return PINNING_LIKWID
+    if shutil.which("taskset"):
+        return PINNING_TASKSET
+    return PINNING_NONE
+
+
+def build_command(recipe: str, sof, *, output_dir, log_dir, log_file: str, parameters: Mapping | None = None,
+                  pinning: str = PINNING_NONE, cpus: Sequence[int] = (), esorex: str = "esorex",
+                  esorex_options: Sequence[str] = ()) -> list:
+    """The argv list of one esorex run.
+
+    ``[pinning prefix] esorex --output-dir=OUT --log-dir=LOGDIR --log-file=NAME.log [options] RECIPE
+    --param=value ... SOF``
+
+    Parameters
+    ----------
+    recipe : str
+    sof : path
+        Absolute path of the SOF file.
+    output_dir, log_dir : path
+        Absolute folders (``--output-dir`` must exist before esorex starts: the executor creates it).
+    log_file : str
+        File name inside ``log_dir`` (esorex ignores an absolute ``--log-file``).
+    parameters : mapping
+        Recipe parameters; values go through :func:`~pymusepipe.recipes.format_parameter`.
+    pinning : str
+        ``likwid``, ``taskset`` or ``none``.
+    cpus : sequence of int
+        CPUs to pin to (required unless ``pinning='none'``).
+    esorex : str
+        esorex executable.
+    esorex_options : sequence of str
+        Extra esorex (not recipe) options, e.g. ``--no-checksum``.
+    """
+    if "/" in log_file or not log_file:
+        raise ValueError(f"log_file={log_file!r}: expected a bare file name (it goes inside log_dir)")
+    for name, value in (("sof", sof), ("output_dir", output_dir), ("log_dir", log_dir)):
+        if not Path(value).is_absolute():
+            raise ValueError(f"{name}={value!r}: expected an absolute path")
+    argv = [esorex, f"--output-dir={output_dir}", f"--log-dir={log_dir}", f"--log-file={log_file}",
+            *esorex_options, recipe]
+    for name, value in (parameters or {}).items():
+        argv.append(f"--{name}={format_parameter(value)}")
+    argv.append(str(sof))
+    if pinning != PINNING_NONE and not cpus:
+        raise ValueError(f"pinning={pinning!r} needs a CPU list")
+    if pinning == PINNING_LIKWID:
+        spaced = [item for item in argv if " " in item]
+        if spaced:
+            raise ValueError(f"likwid-pin splits arguments on spaces, so it cannot run {recipe} with "
+                             f"{spaced[0]!r}; rename the folder or use pinning='taskset'")
+    return pinning_prefix(pinning, cpus) + argv
+
+
+_ERROR_LINE = re.compile(r"\[\s*ERROR\s*\]")
+_WARNING_LINE = re.compile(r"\[\s*WARNING\s*\]")
+
+
+@dataclass
+class EsorexLog:
+    """What an esorex log says.
+
+    Attributes
+    ----------
+    path : Path
+    errors : list of str
+        ``[ERROR]`` lines.
+    n_warnings : int
+    tail : list of str
+        Last lines, to show the user when a run failed.
+    """
+
+    path: Path
+    errors: list = field(default_factory=list)
+    n_warnings: int = 0
+    tail: list = field(default_factory=list)
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.errors)
+
+
+def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
+    """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail."""
+    from collections import deque
+
+    path = Path(path)
+    summary = EsorexLog(path)
+    if not path.is_file():
+        return summary
+    tail = deque(maxlen=tail_lines)
+    with path.open(errors="replace") as stream:
+        for line in stream:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if _ERROR_LINE.search(line):
+                if len(summary.errors) < max_errors:
+                    summary.errors.append(line.strip())
+            elif _WARNING_LINE.search(line):
+                summary.n_warnings += 1
+    summary.tail = list(tail)
+    return summary
+
+
+@functools.lru_cache(maxsize=8)
+def pipeline_version(esorex: str = "esorex", recipe: str = "muse_bias") -> str:
+    """Version of the installed MUSE pipeline (``RELEASE`` of ``esorex --man-page muse_bias``), e.g. ``2.8.7``.
+
+    Raises
+    ------
+    EsorexError
+        If esorex or the recipe cannot be found.
+    """
+    if shutil.which(esorex) is None:
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+    try:
+        # esorex writes a log even for --man-page: keep it out of the user's folders.
+        with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
+            result = subprocess.run([esorex, f"--log-dir={scratch}", "--man-page", recipe],
+                                    capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise EsorexError(f"cannot run {esorex} --man-page {recipe}: {error}") from error
+    match = re.search(rf"{re.escape(recipe)}\s+--\s+version\s+(\S+)", result.stdout)
+    if match is None:
+        raise EsorexError(f"{esorex} --man-page {recipe} shows no 'version' line (is the MUSE pipeline "
+                          f"installed?); exit {result.returncode}")
+    return match.group(1)
+
+
+@functools.lru_cache(maxsize=64)
+def recipe_parameters(recipe: str, esorex: str = "esorex") -> frozenset:
+    """Names of the parameters of an installed recipe (``esorex --params RECIPE``).
+
+    Raises
+    ------
+    EsorexError
+        If esorex is missing or does not know the recipe.
+    """
+    if shutil.which(esorex) is None:
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+    with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
+        result = subprocess.run([esorex, f"--log-dir={scratch}", "--params", recipe], capture_output=True,
+                                text=True, timeout=60)
+    _, found, section = result.stdout.partition("Recipe Parameters :")
+    if not found:
+        raise EsorexError(f"{esorex} --params {recipe} lists no recipe parameters (unknown recipe?); "
+                          f"exit {result.returncode}")
+    return frozenset(re.findall(r"^\s+(\w+)\s+:", section, re.M))
+
+
+def check_parameters(recipe: str, parameters, esorex: str = "esorex"):
+    """Raise ValueError for a parameter the installed recipe does not have (naming the closest one)."""
+    import difflib
+
+    known = recipe_parameters(recipe, esorex)
+    for name in parameters:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{recipe} has no parameter '{name}'{hint} (see esorex --params {recipe})")
