@@ -165,6 +165,10 @@ class MusePipe:
             raise FileNotFoundError(f"raw folder {self.layout.folder('raw')} does not exist: put the raw files of "
                                     f"target {self.targetname}, pointing {self.pointing} there")
         self.layout.create_working_folders()
+        for source in (rc_filename, cal_filename):
+            if source is not None:
+                # A copy of the configuration beside the products, for the record.
+                shutil.copy2(Path(source).expanduser(), self.layout.folder("config") / Path(source).name)
         self.scan = scan_pointing(self.layout, self.musemode, overwrite_tables=self.overwrite_astropy_table)
         logger.info("%s", self.scan.summary())
         self.recipes = default_recipe_table()
@@ -438,6 +442,48 @@ class MusePipe:
             self.steps["align_bygroup"] = StepStatus("align_bygroup", "skipped", "same as align_bypointing", 0.0)
             return None
         return self._run_exp_align("align_bygroup", groups, [f"{group[0].tpl_start}_bygroup" for group in groups])
+
+    def run_align_to_reference(self, reference, *, filter_name=None, output=None, merge_with_exp_align=False,
+                               **align_options):
+        """Offsets and flux scales of the ``run_prep_align`` images against an external reference image.
+
+        Uses :func:`pymusepipe.alignment.align_images`; the OFFSET_LIST written (in the target's
+        ``Alignment/`` folder) becomes :attr:`offset_list`, used by :meth:`run_scipost` and
+        :meth:`run_combine_pointing`. Images the fit flags as doubtful are left unmoved and unscaled.
+
+        Parameters
+        ----------
+        reference : str or Path
+            Reference image (its own WCS, pixel scale, PSF, BUNIT and FILTER).
+        filter_name : str, optional
+            Band of the reference when its header does not say.
+        output : str or Path, optional
+            OFFSET_LIST to write (default ``Alignment/OFFSET_LIST_<pointing>_reference.fits``).
+        merge_with_exp_align : bool
+            Fill exposures the reference fit flags with muse_exp_align's relative offsets.
+        **align_options
+            Passed to :func:`~pymusepipe.alignment.align_images`.
+
+        Returns
+        -------
+        astropy.table.Table
+            One row per image: offsets, flux scale, background, errors and quality.
+        """
+        from .alignment import align_images, merge_offset_lists, write_alignment_offset_list, write_offset_list
+
+        images = [frame.path for frame in self._alignment_images()]
+        self._require(images, "IMAGE_FOV", "run_align_to_reference")
+        alignment = self.layout.folder("alignment", create=True)
+        output = Path(output) if output else alignment / f"OFFSET_LIST_{self.layout.pointing_name}_reference.fits"
+        table = align_images(images, reference, filter_name=filter_name,
+                             figure_folder=self.layout.folder("figures", create=True), **align_options)
+        write_alignment_offset_list(table, output)
+        if merge_with_exp_align and self.offset_list is not None:
+            write_offset_list(merge_offset_lists(relative=self.offset_list, absolute=output), output)
+        logger.info("align_to_reference: %d image(s) aligned to %s -> %s", len(table), reference, output)
+        self.engine.log.comment(f"align_to_reference: OFFSET_LIST {output} from reference {reference}")
+        self.offset_list = output
+        return table
 
     def run_scipost(self, expotype="OBJECT", offset_list=True, skymethod="model", filter_list=None, save=None):
         """Reduced pixel table, cube and images of each exposure of ``expotype`` (muse_scipost).
