@@ -1,0 +1,27 @@
+"""Align MUSE images to a reference image and write MUSE OFFSET_LIST tables.
+
+Public API
+----------
+align_images
+    Offsets, flux scales and backgrounds of MUSE images against a reference -> astropy Table.
+write_alignment_offset_list
+    That table as an OFFSET_LIST, flagged images left unmoved and unscaled.
+write_offset_list, read_offset_list, validate_offset_list, merge_offset_lists
+    The MUSE OFFSET_LIST file (sign convention documented in :mod:`pymusepipe.alignment.offset_list`).
+read_reference, read_muse_image, image_from_cube, pivot_wavelength
+    Inputs.
+"""
+from .align import align_images, write_alignment_offset_list
+from .fit import AlignmentResult, Quality, fit_alignment
+from .museimage import MuseImage, MuseImageError, image_from_cube, read_muse_image
+from .offset_list import (OffsetListError, exp_align_is_reliable, merge_offset_lists, read_offset_list, validate_offset_list,
+                          write_offset_list)
+from .reference import PIVOT_WAVELENGTHS, ReferenceImage, ReferenceImageError, pivot_wavelength, read_reference
+
+__all__ = [
+    "align_images", "write_alignment_offset_list", "fit_alignment", "AlignmentResult", "Quality",
+    "MuseImage", "MuseImageError", "read_muse_image", "image_from_cube",
+    "ReferenceImage", "ReferenceImageError", "read_reference", "pivot_wavelength", "PIVOT_WAVELENGTHS",
+    "write_offset_list", "read_offset_list", "validate_offset_list", "merge_offset_lists", "OffsetListError",
+    "exp_align_is_reliable",
+]
