@@ -48,6 +48,9 @@ _IFU_MODES = (IFU_FANOUT, IFU_MERGED, IFU_AUTO)
 #: Layout folder of the per-exposure products of muse_scibasic, by raw tag.
 _RAW_TAG_FOLDERS = {"OBJECT": "object", "STD": "std", "SKY": "sky", "ASTROMETRY": "object"}
 
+#: Tags of raw frames (files with one CHANnn extension per IFU) as main recipe inputs.
+_RAW_INPUT_TAGS = frozenset(rule.tag for rule in instrument.FRAME_RULES)
+
 #: Raw-table tags usable as calibrations as they are (raw ILLUM, archive-delivered calibration products).
 _RAW_CALIBRATION_TAGS = frozenset({"ILLUM"}) | instrument.CALIBRATION_PRODUCT_TAGS
 
@@ -360,7 +363,14 @@ class RecipeEngine:
                 raise ValueError(f"{recipe}: group {index} ({frames[0].tpl_start or frames[0].path}) has "
                                  f"{len(frames)} input frame(s); the recipe needs at least {spec.min_raw}")
             label = _safe_name(labels[index] if labels is not None else _default_label(frames))
-            group_ifus = tuple(sorted(ifus)) if ifus else self.ifus_of(frames)
+            if ifus:
+                group_ifus = tuple(sorted(ifus))
+            elif not spec.takes_nifu and all(frame.tag not in _RAW_INPUT_TAGS for frame in frames) \
+                    and not any(frame.ifu for frame in frames):
+                # Merged products (IMAGE_FOV, PIXTABLE_REDUCED ...): no IFU structure, no per-IFU calibration.
+                group_ifus = ()
+            else:
+                group_ifus = self.ifus_of(frames)
             jobs.extend(self._plan_group(spec, frames, label, group_ifus, ifu_mode, merged_parameters,
                                          candidates, calibrations or {}, skip_calibrations))
         names = [job.name for job in jobs]

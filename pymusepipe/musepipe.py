@@ -68,6 +68,9 @@ PRODUCED_BY = {
 #: exposure (exp-align-and-sky.md: 309/309 runs right with these cuts, wrong offsets of up to 25" below).
 EXPALIGN_MIN_MATCHES = 5
 
+#: Below this many IFUs the field is a narrow strip (2.5" per IFU) and some recipe defaults do not hold.
+NARROW_FIELD_IFUS = 4
+
 
 class StepInputError(RuntimeError):
     """A step lacks the products of an earlier step; the message says which step makes them."""
@@ -274,8 +277,9 @@ class MusePipe:
                   skip_calibrations=()):
         """Plan and run one recipe over groups of frames; record the step's status and summary."""
         start = time.monotonic()
-        parameters = {**self._parameter_overrides.get(step, {}), **self._parameter_overrides.get(recipe, {}),
-                      **(parameters or {})}
+        # The user's overrides win over the step's own choices (e.g. run_standard's profile).
+        parameters = {**(parameters or {}), **self._parameter_overrides.get(recipe, {}),
+                      **self._parameter_overrides.get(step, {})}
         try:
             jobs = self.engine.plan(recipe, groups, labels=labels, parameters=parameters,
                                     ifu_mode=self.ifu_mode, calibrations=calibrations,
@@ -335,11 +339,19 @@ class MusePipe:
         return self._run_jobs("scibasic_all", "muse_scibasic", groups, labels=labels,
                               skip_calibrations=() if illum else ("ILLUM",))
 
-    def run_standard(self):
-        """Flux response and telluric correction from each standard-star exposure (muse_standard)."""
+    def run_standard(self, profile=None):
+        """Flux response and telluric correction from each standard-star exposure (muse_standard).
+
+        ``profile`` is muse_standard's flux-integration profile; by default ``auto`` (a Moffat fit), or
+        ``circle`` when the standard was observed on fewer than :data:`NARROW_FIELD_IFUS` IFUs: a 2.5"-wide
+        strip cannot hold the Moffat fit window and the recipe then finds "no valid data".
+        """
         groups = self._require(self._products_by_exposure("PIXTABLE_STD"), "PIXTABLE_STD", "run_standard")
         labels = [_exposure_label(group[0]) for group in groups]
-        return self._run_jobs("standard", "muse_standard", groups, labels=labels)
+        if profile is None:
+            narrow = max(len({frame.ifu for frame in group}) for group in groups) < NARROW_FIELD_IFUS
+            profile = "circle" if narrow else "auto"
+        return self._run_jobs("standard", "muse_standard", groups, labels=labels, parameters={"profile": profile})
 
     def run_sky(self, fraction=0.8):
         """Sky spectrum, lines and continuum of each SKY exposure (muse_create_sky)."""
