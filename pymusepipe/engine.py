@@ -518,7 +518,7 @@ class RecipeEngine:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         # fakemode runs everything in this thread: one write of the whole step's log block.
         with self.log.batch() if not self.executor.executes else contextlib.nullcontext():
-            results = self.executor.run(executable) if executable else {}
+            results = self.executor.run(executable, label=step or jobs[0].recipe) if executable else {}
         for job in to_run:
             result = results[job.name]
             report.results[job.name] = result

@@ -106,8 +106,18 @@ class Executor:
     #: Whether commands are really run (False: fakemode).
     executes = True
 
-    def run(self, jobs: Sequence[ExecJob]) -> dict:  # pragma: no cover - interface
+    def run(self, jobs: Sequence[ExecJob], *, label: str = "") -> dict:  # pragma: no cover - interface
+        """Run the jobs (``label`` names them in progress displays); return job name -> JobResult."""
         raise NotImplementedError
+
+
+def progress_bar(total: int, label: str = "", enabled: bool | None = None):
+    """A tqdm bar of finished jobs; with ``enabled=None`` it writes nothing when stderr is not a terminal,
+    so batch logs stay clean."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="job", desc=label or "esorex jobs", leave=False,
+                disable=None if enabled is None else not enabled)
 
 
 def _check_unique(jobs):
@@ -130,7 +140,7 @@ class FakeExecutor(Executor):
 
     executes = False
 
-    def run(self, jobs: Sequence[ExecJob]) -> dict:
+    def run(self, jobs: Sequence[ExecJob], *, label: str = "") -> dict:
         _check_unique(jobs)
         results = {}
         for job in jobs:
@@ -174,13 +184,14 @@ class LocalExecutor(Executor):
     def __repr__(self):
         return (f"LocalExecutor(cpus={self.cpus}, memory_gb={self.memory_gb:.1f}, pinning={self.pinning!r})")
 
-    def run(self, jobs: Sequence[ExecJob]) -> dict:
+    def run(self, jobs: Sequence[ExecJob], *, label: str = "") -> dict:
         _check_unique(jobs)
         results = {}
         pending = list(jobs)
         free_cpus = list(self.cpus)
         free_memory = self.memory_gb
         running = {}
+        bar = progress_bar(len(jobs), label)
         with ThreadPoolExecutor(max_workers=max(1, len(self.cpus)), thread_name_prefix="esorex") as pool:
             try:
                 while pending or running:
@@ -190,6 +201,7 @@ class LocalExecutor(Executor):
                             pending.remove(job)
                             logger.warning("%s %s", job.name, reason)
                             results[job.name] = JobResult(job.name, STATUS_SKIPPED, message=reason)
+                            bar.update(1)
                             continue
                         unfinished = {other.name for other in running.values()} | {other.name for other in pending}
                         if unfinished.intersection(job.depends_on):
@@ -216,10 +228,13 @@ class LocalExecutor(Executor):
                         free_cpus = sorted(free_cpus + allocated)
                         free_memory += memory
                         results[job.name] = future.result()
+                        bar.update(1)
             except BaseException:
                 # Interrupted (Ctrl-C, error): stop every running esorex; nothing partial is moved.
                 self._kill_all()
                 raise
+            finally:
+                bar.close()
         return {job.name: results[job.name] for job in jobs}
 
     def _kill_all(self):

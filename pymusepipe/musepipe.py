@@ -132,7 +132,11 @@ class MusePipe:
     memory_gb : float, optional
         Memory budget of concurrent jobs (default: 80% of the available memory).
     executor : str or Executor
-        ``'local'`` (default) or an :class:`~pymusepipe.executors.Executor` instance.
+        ``'local'`` (default), ``'dask'`` (jobs sent to a Dask cluster: give ``client`` or ``scheduler``) or an
+        :class:`~pymusepipe.executors.Executor` instance.
+    client, scheduler : optional
+        With ``executor='dask'``: a ``dask.distributed.Client`` (e.g. on a dask-jobqueue SLURMCluster), or the
+        scheduler address.
     ifu_mode : str
         ``'auto'`` (ESO's ``--nifu=-1 --merge`` with all 24 IFUs, else one job per IFU), ``'fanout'`` or
         ``'merged'``.
@@ -148,7 +152,8 @@ class MusePipe:
                  logfile="MusePipe.log", reset_log=False, fakemode=False, overwrite_astropy_table=True,
                  filter_list="white", filter_for_alignment="Cousins_R", musemode=instrument.DEFAULT_MODE,
                  time_astrometry=False, pinning=None, cpus=None, memory_gb=None, executor="local",
-                 ifu_mode=IFU_AUTO, overwrite=False, folders=None, verbose=True, esorex="esorex", **settings):
+                 ifu_mode=IFU_AUTO, overwrite=False, folders=None, verbose=True, esorex="esorex", client=None,
+                 scheduler=None, **settings):
         if verbose:
             _show_messages()
         self.config = self._make_config(config, rc_filename, cal_filename, folders, settings)
@@ -178,7 +183,7 @@ class MusePipe:
         self.engine = RecipeEngine(
             self.layout, recipes=self.recipes, static_calibrations=self._static_calibrations(),
             validity=self._validity_table(), raw_table=self.scan.table,
-            executor=self._make_executor(executor, pinning, cpus, memory_gb), fakemode=self.fakemode,
+            executor=self._make_executor(executor, pinning, cpus, memory_gb, client, scheduler), fakemode=self.fakemode,
             logfile=logfile, reset_log=reset_log, overwrite=overwrite, esorex=esorex)
         self.steps = OrderedDict()
         #: OFFSET_LIST used by run_scipost / run_combine_pointing (set by the alignment steps or the user).
@@ -218,14 +223,18 @@ class MusePipe:
                              "time-dependent geometry/astrometry tables)")
         return ValidityTable.read(self.config.musecalib_time / "validity_table.txt")
 
-    def _make_executor(self, executor, pinning, cpus, memory_gb):
+    def _make_executor(self, executor, pinning, cpus, memory_gb, client=None, scheduler=None):
         if self.fakemode:
             return FakeExecutor()
         if isinstance(executor, Executor):
             return executor
         if executor == "local":
             return LocalExecutor(cpus=cpus, memory_gb=memory_gb, pinning=pinning)
-        raise ValueError(f"executor={executor!r}: expected 'local' or an Executor instance")
+        if executor == "dask":
+            from .dask_executor import DaskExecutor
+
+            return DaskExecutor(client, scheduler=scheduler, pinning=pinning or "none")
+        raise ValueError(f"executor={executor!r}: expected 'local', 'dask' or an Executor instance")
 
     # ------------------------------------------------------------------ selections
     @property
@@ -612,13 +621,28 @@ class MusePipe:
                                      for key, value in (parameters or {}).items()}
         calls = self._step_calls(illum, fraction)
         chain_start = time.monotonic()
-        try:
-            for name in names[start:stop + 1]:
-                calls[name]()
-        finally:
-            self._parameter_overrides = {}
+        selected = names[start:stop + 1]
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # disable=None: no bar when the output is not a terminal (batch logs stay clean).
+        with logging_redirect_tqdm(), tqdm(total=len(selected), unit="step", disable=None,
+                                           desc=f"{self.targetname} {self.layout.pointing_name}") as bar:
+            try:
+                for name in selected:
+                    bar.set_postfix_str(name)
+                    calls[name]()
+                    bar.update(1)
+            finally:
+                self._parameter_overrides = {}
         logger.info("run_all_recipes: %d step(s) in %.0f s", stop - start + 1, time.monotonic() - chain_start)
         return self.steps
+
+    def make_report(self, overwrite=False):
+        """QC figures and the HTML report of this pointing (``Figures/index.html``)."""
+        from .qc.report import build_report
+
+        return build_report(self.layout, overwrite=overwrite)
 
     def status(self) -> str:
         """One line per step run so far."""

@@ -26,6 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--ifu-mode", choices=("auto", "fanout", "merged"), default="auto",
                         help="one esorex per IFU (fanout) or ESO's --nifu=-1 --merge (merged); auto picks")
     parser.add_argument("--overwrite", action="store_true", help="re-run jobs whose products are up to date")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="run esorex jobs locally or on a Dask cluster")
+    parser.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://head:8786 (with --executor dask)")
     parser.add_argument("--parameters", help='recipe parameter overrides as JSON, e.g. \'{"scipost": {"pixfrac": 0.6}}\'')
 
 
@@ -51,10 +54,14 @@ def run(args) -> int:
     except json.JSONDecodeError as error:
         print(f"--parameters is not valid JSON: {error}", file=sys.stderr)
         return 2
+    if args.executor == "dask" and not args.scheduler:
+        print("--executor dask needs --scheduler ADDRESS", file=sys.stderr)
+        return 2
     pipe = MusePipe(args.target, args.pointing, args.rc, args.cal, logfile=args.logfile, reset_log=args.reset_log,
                     fakemode=args.fake, filter_list=args.filter_list, filter_for_alignment=args.filter_for_alignment,
                     musemode=args.musemode, time_astrometry=args.time_astrometry, pinning=args.pinning,
-                    cpus=parse_cpus(args.cpus), ifu_mode=args.ifu_mode, overwrite=args.overwrite)
+                    cpus=parse_cpus(args.cpus), ifu_mode=args.ifu_mode, overwrite=args.overwrite,
+                    executor=args.executor, scheduler=args.scheduler)
     try:
         pipe.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, first=args.first, last=args.last,
                              parameters=parameters)
