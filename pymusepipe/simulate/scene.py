@@ -1,0 +1,229 @@
+"""What is on the sky and how one exposure sees it: point sources, an emission-line disc, the night sky,
+the pointing, seeing, transparency and airmass.
+
+Fluxes are in the units of the reduced MUSE cubes: 1e-20 erg/s/cm2/A (point sources: total; disc:
+per spaxel; night sky: per arcsec2). Sources are dimmed by extinction and transparency; the night sky
+is not (it is emitted in the atmosphere).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import erf
+
+from . import spectra
+
+C_KMS = 299792.458
+
+
+@dataclass(frozen=True)
+class PointSource:
+    """A star: position [deg] and a blackbody spectrum scaled to a V magnitude."""
+
+    ra: float
+    dec: float
+    vmag: float
+    temperature: float = 6000.0
+
+    def spectrum(self, wavelength):
+        """Flux density [1e-20 erg/s/cm2/A]."""
+        return spectra.blackbody_star(wavelength, self.temperature, self.vmag) * 1e20
+
+
+#: Rest air wavelengths [A] of the disc's emission lines and their flux relative to H-alpha.
+DISC_LINES = {
+    "Hbeta": (4861.333, 0.30),
+    "[OIII]4959": (4958.911, 0.12),
+    "[OIII]5007": (5006.843, 0.36),
+    "[NII]6548": (6548.050, 0.12),
+    "Halpha": (6562.819, 1.00),
+    "[NII]6583": (6583.460, 0.36),
+    "[SII]6716": (6716.440, 0.20),
+    "[SII]6731": (6730.810, 0.15),
+}
+
+
+@dataclass(frozen=True)
+class EmissionDisc:
+    """An inclined exponential disc with a rotating emission-line gas layer and a flat continuum.
+
+    Attributes
+    ----------
+    ra, dec : float
+        Centre [deg].
+    position_angle : float
+        Of the major axis, east of north [deg].
+    inclination : float
+        [deg], 0 = face on.
+    scale_length : float
+        Exponential scale length [arcsec] (of continuum and lines alike).
+    continuum : float
+        Central continuum surface brightness [1e-20 erg/s/cm2/A per spaxel].
+    halpha : float
+        Central H-alpha surface brightness [1e-20 erg/s/cm2 per spaxel].
+    velocity : float
+        Systemic velocity [km/s] (relativistic Doppler not modelled: lambda = lambda0 (1 + v/c)).
+    rotation : float
+        Flat rotation speed [km/s], reached at ``turnover`` [arcsec].
+    dispersion : float
+        Gas velocity dispersion [km/s].
+    """
+
+    ra: float
+    dec: float
+    position_angle: float = 30.0
+    inclination: float = 60.0
+    scale_length: float = 6.0
+    continuum: float = 20.0
+    halpha: float = 600.0
+    velocity: float = 1200.0
+    rotation: float = 150.0
+    turnover: float = 4.0
+    dispersion: float = 40.0
+
+    def surface_and_velocity(self, east, north):
+        """Relative surface brightness (1 at the centre) and line-of-sight velocity [km/s] at sky
+        offsets ``east``, ``north`` [arcsec] from the centre."""
+        pa = np.radians(self.position_angle)
+        cos_i = np.cos(np.radians(self.inclination))
+        major = east * np.sin(pa) + north * np.cos(pa)
+        minor = -east * np.cos(pa) + north * np.sin(pa)
+        radius = np.hypot(major, minor / cos_i)
+        profile = np.exp(-radius / self.scale_length)
+        cos_theta = np.divide(major, radius, out=np.zeros_like(radius), where=radius > 0)
+        v_circ = self.rotation * np.tanh(radius / self.turnover)
+        los = self.velocity + v_circ * np.sin(np.radians(self.inclination)) * cos_theta
+        return profile, los
+
+
+@dataclass(frozen=True)
+class ExposureConditions:
+    """How one exposure sees the sky.
+
+    Attributes
+    ----------
+    ra, dec : float
+        TRUE pointing [deg] (the header carries this plus the pointing error).
+    exptime : float
+        [s].
+    airmass : float
+    seeing : float
+        FWHM of the (Gaussian) PSF [arcsec].
+    transparency : float
+        Fraction of the source light that passes the clouds (expected flux scale).
+    """
+
+    ra: float
+    dec: float
+    exptime: float
+    airmass: float
+    seeing: float
+    transparency: float = 1.0
+
+
+@dataclass
+class SkyScene:
+    """Sources plus night sky. ``night_sky=False`` for frames without sky emission (none here)."""
+
+    stars: list = field(default_factory=list)
+    disc: EmissionDisc | None = None
+    night_sky: bool = True
+
+    # -- geometry ---------------------------------------------------------------------------------------
+    @staticmethod
+    def tangent_offsets(ra, dec, ra0, dec0):
+        """Gnomonic (TAN) standard coordinates [arcsec] of (ra, dec) around (ra0, dec0): (east, north)."""
+        ra, dec = np.radians(ra), np.radians(dec)
+        ra0, dec0 = np.radians(ra0), np.radians(dec0)
+        cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+        xi = np.cos(dec) * np.sin(ra - ra0) / cos_c
+        eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cos_c
+        return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
+
+    @staticmethod
+    def focal_to_offsets(model, xpos, ypos):
+        """Sky offsets (east, north) [arcsec] from the pointing of focal-plane position (xpos, ypos).
+
+        Position angle 0: +xpos points west (RA decreases, CD1_1 < 0), +ypos north.
+        """
+        x0, y0 = model.focal_centre
+        scale = model.spaxel_scale
+        return -(np.asarray(xpos) - x0) * scale, (np.asarray(ypos) - y0) * scale
+
+    @staticmethod
+    def offsets_to_focal(model, east, north):
+        """Inverse of :meth:`focal_to_offsets`."""
+        x0, y0 = model.focal_centre
+        scale = model.spaxel_scale
+        return x0 - np.asarray(east) / scale, y0 + np.asarray(north) / scale
+
+    # -- rendering --------------------------------------------------------------------------------------
+    def slice_electrons(self, model, ifu, k, maps, exposure: ExposureConditions, add_lines):
+        """Expected electrons (rows x columns of the slice box, before the illumination profile)."""
+        wavelength = maps.wavelength
+        # smooth factors (throughput, extinction) vary by < 1e-3 over the ~2 A a row spans across a
+        # slice: evaluate them on the slice's central column and broadcast along the rows
+        centre_wavelength = wavelength[:, wavelength.shape[1] // 2].astype(np.float64)
+        per_flux = spectra.electrons_per_flux_unit(centre_wavelength, exposure.exptime,
+                                                   maps.dispersion[:, wavelength.shape[1] // 2])[:, None]
+        atmosphere = (exposure.transparency
+                      * 10 ** (-0.4 * spectra.extinction(centre_wavelength) * exposure.airmass))[:, None]
+        # sky area of one CCD pixel: (slice length / CCD width) x slice pitch, in spaxels and arcsec2
+        layout = model.layout(ifu)
+        pixel_length = model.slice_length / layout.width[k]
+        pixel_area_arcsec2 = pixel_length * maps.slice_height * model.spaxel_scale ** 2
+        source_continuum = np.zeros(wavelength.shape, dtype=np.float32)
+        sigma_spaxel = exposure.seeing / 2.3548 / model.spaxel_scale
+        mid_row = wavelength.shape[0] // 2
+        x_mid = maps.xpos[mid_row]
+        root2_sigma = np.sqrt(2.0) * sigma_spaxel
+        for star in self.stars:
+            east, north = self.tangent_offsets(star.ra, star.dec, exposure.ra, exposure.dec)
+            xs, ys = self.offsets_to_focal(model, east, north)
+            fraction_y = 0.5 * (erf((maps.ypos + maps.slice_height / 2 - ys) / root2_sigma)
+                                - erf((maps.ypos - maps.slice_height / 2 - ys) / root2_sigma))
+            near = np.nonzero(np.abs(x_mid - xs) < 7 * sigma_spaxel + 3)[0]
+            if fraction_y < 1e-7 or near.size == 0:
+                continue
+            first, last = near[0], near[-1] + 1
+            xpos = maps.xpos[:, first:last]
+            fraction = fraction_y * 0.5 * (erf((xpos + pixel_length / 2 - xs) / root2_sigma)
+                                           - erf((xpos - pixel_length / 2 - xs) / root2_sigma))
+            # a smooth stellar continuum hardly changes over the ~2 A a row spans across a slice
+            spectrum = star.spectrum(centre_wavelength).astype(np.float32)[:, None]
+            source_continuum[:, first:last] += (fraction * spectrum).astype(np.float32)
+        lines_w, lines_a, lines_s = [], [], []
+        if self.disc is not None:
+            east, north = self.focal_to_offsets(model, maps.xpos, maps.ypos)
+            d_east, d_north = self.tangent_offsets(self.disc.ra, self.disc.dec, exposure.ra, exposure.dec)
+            profile, los = self.disc.surface_and_velocity(east - d_east, north - d_north)
+            spaxel_fraction = pixel_area_arcsec2 / model.spaxel_scale ** 2
+            source_continuum += self.disc.continuum * profile * spaxel_fraction
+            # lines: one centre per column, taken at the middle row (the sky position hardly moves)
+            prof_col, los_col = profile[mid_row], los[mid_row]
+            for rest, ratio in DISC_LINES.values():
+                centre = rest * (1.0 + los_col / C_KMS)
+                # LSF (in rows) and the gas dispersion (converted to rows) add in quadrature
+                intrinsic_rows = centre * self.disc.dispersion / C_KMS / maps.dispersion[mid_row]
+                flux = self.disc.halpha * ratio * prof_col * spaxel_fraction
+                conv = spectra.electrons_per_flux_unit(centre, exposure.exptime, 1.0)
+                atm = exposure.transparency * 10 ** (-0.4 * spectra.extinction(centre) * exposure.airmass)
+                lines_w.append(centre)
+                lines_a.append(flux * conv * atm)
+                lines_s.append(np.hypot(model.lsf_sigma_pix, intrinsic_rows))
+        box = source_continuum
+        box *= (atmosphere * per_flux).astype(np.float32)
+        if self.night_sky:
+            box += (spectra.sky_continuum(centre_wavelength)[:, None] * pixel_area_arcsec2
+                    * per_flux).astype(np.float32)
+            ncol = maps.columns.size
+            for _, _, centre, flux in spectra.SKY_LINES:
+                conv = spectra.electrons_per_flux_unit(centre, exposure.exptime, 1.0)
+                lines_w.append(np.full(ncol, centre))
+                lines_a.append(np.full(ncol, flux * pixel_area_arcsec2 * conv))
+                lines_s.append(np.full(ncol, model.lsf_sigma_pix))
+        if lines_w:
+            add_lines(box, model, ifu, k, maps.columns, np.array(lines_w), np.array(lines_a),
+                      np.array(lines_s))
+        return box
