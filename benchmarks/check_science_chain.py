@@ -29,6 +29,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.optimize import curve_fit
 
+from pymusepipe import stdcorrection
 from pymusepipe.simulate import simulate_run, verify
 
 FILTERS = ("Johnson_V", "Cousins_R", "Cousins_I")
@@ -143,13 +144,13 @@ def main(argv=None):
                  # one IFU: the Moffat fit window does not fit in the 13-px strip (rc 255, "No valid data")
                  "--profile=circle")
     response = (std / "STD_RESPONSE_0001.fits", "STD_RESPONSE")
-    wavelength, ratio = verify.std_aperture_ratio(std / "DATACUBE_STD_0001.fits", std / "STD_FLUXES_0001.fits")
+    wavelength, ratio = stdcorrection.aperture_ratio(std / "DATACUBE_STD_0001.fits", std / "STD_FLUXES_0001.fits")
     print(f"muse_standard extracted 1/{np.nanmedian(ratio):.3f} of the standard star's flux "
           f"(16-84%: {np.nanpercentile(ratio, 16):.3f}-{np.nanpercentile(ratio, 84):.3f})")
     if args.aperture_correction:
         corrected = std / "STD_RESPONSE_corrected.fits"
-        mag = verify.write_aperture_corrected_response(response[0], std / "DATACUBE_STD_0001.fits",
-                                                       std / "STD_FLUXES_0001.fits", corrected)
+        mag = stdcorrection.correct_response(response[0], std / "DATACUBE_STD_0001.fits",
+                                             std / "STD_FLUXES_0001.fits", corrected)
         print(f"using STD_RESPONSE corrected by {mag:+.3f} mag (total flux of the standard in 2\")")
         response = (corrected, "STD_RESPONSE")
     telluric = (std / "STD_TELLURIC_0001.fits", "STD_TELLURIC")

@@ -348,19 +348,48 @@ class MusePipe:
         return self._run_jobs("scibasic_all", "muse_scibasic", groups, labels=labels,
                               skip_calibrations=() if illum else ("ILLUM",))
 
-    def run_standard(self, profile=None):
+    def run_standard(self, profile=None, aperture_correction=None):
         """Flux response and telluric correction from each standard-star exposure (muse_standard).
 
-        ``profile`` is muse_standard's flux-integration profile; by default ``auto`` (a Moffat fit), or
-        ``circle`` when the standard was observed on fewer than :data:`NARROW_FIELD_IFUS` IFUs: a 2.5"-wide
-        strip cannot hold the Moffat fit window and the recipe then finds "no valid data".
+        Parameters
+        ----------
+        profile : str, optional
+            muse_standard's flux-integration profile: by default ``auto`` (a Moffat fit), or ``circle`` when the
+            standard was observed on fewer than :data:`NARROW_FIELD_IFUS` IFUs (a 2.5"-wide strip cannot hold
+            the Moffat fit window; the recipe then stops with "no valid data").
+        aperture_correction : bool, optional
+            Correct the response for the flux muse_standard misses on narrow fields
+            (:mod:`pymusepipe.stdcorrection`); by default on fewer than :data:`NARROW_FIELD_IFUS` IFUs.
         """
         groups = self._require(self._products_by_exposure("PIXTABLE_STD"), "PIXTABLE_STD", "run_standard")
         labels = [_exposure_label(group[0]) for group in groups]
+        narrow = max(len({frame.ifu for frame in group}) for group in groups) < NARROW_FIELD_IFUS
         if profile is None:
-            narrow = max(len({frame.ifu for frame in group}) for group in groups) < NARROW_FIELD_IFUS
             profile = "circle" if narrow else "auto"
-        return self._run_jobs("standard", "muse_standard", groups, labels=labels, parameters={"profile": profile})
+        report = self._run_jobs("standard", "muse_standard", groups, labels=labels, parameters={"profile": profile})
+        if aperture_correction is None:
+            aperture_correction = narrow
+        if aperture_correction and not self.fakemode:
+            self._correct_standard_responses(report)
+        return report
+
+    def _correct_standard_responses(self, report):
+        """Narrow-field aperture correction of each STD_RESPONSE, recorded as a runnable line of the log."""
+        import sys
+
+        from .stdcorrection import correct_response
+
+        for job in report.jobs:
+            paths = {product.tag: product.destination for product in job.products}
+            response, cube, fluxes = (paths.get(tag) for tag in ("STD_RESPONSE", "DATACUBE_STD", "STD_FLUXES"))
+            if not (response and cube and fluxes):
+                continue
+            magnitude = correct_response(response, cube, fluxes)
+            self.engine.log.command([sys.executable, "-m", "pymusepipe.stdcorrection", str(response), str(cube),
+                                     str(fluxes)])
+            if magnitude:
+                logger.warning("standard: %s observed on a narrow field: response raised by %.2f mag for the "
+                               "flux muse_standard left out (see pymusepipe.stdcorrection)", job.name, magnitude)
 
     def run_sky(self, fraction=0.8):
         """Sky spectrum, lines and continuum of each SKY exposure (muse_create_sky)."""
