@@ -563,6 +563,7 @@ class RecipeEngine:
                 self.log.comment(f"{job.name}: {len(job.frames)} input(s), IFU(s) {_ifu_text(job.ifus)}")
                 self.log.mkdir(job.output_dir)
                 self.log.mkdir(log_dir)
+                self.log.mkdir(job.sof.parent)  # the replay may start from a fresh copy of Raw/ only
                 self.log.write_file(job.sof, sof_text)
                 self.log.command(final_argv, env={"OMP_NUM_THREADS": threads}, cwd=job.output_dir)
 

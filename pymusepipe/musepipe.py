@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 
 from . import instrument
@@ -424,6 +425,7 @@ class MusePipe:
                                 parameters={"save": "cube", "filter": filter_name, "skymethod": skymethod})
         if not self.fakemode:
             alignment = self.layout.folder("alignment", create=True)
+            self.engine.log.mkdir(alignment)
             for path in report.products("IMAGE_FOV"):
                 target = alignment / f"{self.layout.pointing_name}_{Path(path).name}"
                 shutil.copy2(path, target)
@@ -437,19 +439,25 @@ class MusePipe:
         return images
 
     def _exp_align_parameters(self, images):
-        """muse_exp_align options set from the data rather than the defaults (exp-align-and-sky.md)."""
+        """muse_exp_align options set from the data rather than the defaults (exp-align-and-sky.md).
+
+        The seeing comes from the raw OBJECT headers (DIMM/image-analysis FWHM), so a fakemode run plans the
+        same command as a real one.
+        """
         parameters = {"srcmin": 1, "bpixdistance": 2, "rsearch": "5.,2.,1.,0.5", "nbins": 20}
+        dates = {frame.date_obs for frame in images}
         seeing = []
-        for frame in images:
-            if Path(frame.path).is_file():
-                header = fits.getheader(frame.path)
-                for key in ("ESO TEL AMBI FWHM START", "ESO TEL IA FWHM", "ESO TEL AMBI FWHM END"):
-                    value = header.get(key)
-                    if isinstance(value, (int, float)) and value > 0:
-                        seeing.append(float(value))
-                        break
+        for row in self.raw_table[self.raw_table["tag"] == "OBJECT"]:
+            if dates and str(row["date_obs"]) not in dates:
+                continue
+            header = fits.getheader(str(row["filename"]))
+            for key in ("ESO TEL IA FWHM", "ESO TEL AMBI FWHM START", "ESO TEL AMBI FWHM END"):
+                value = header.get(key)
+                if isinstance(value, (int, float)) and value > 0:
+                    seeing.append(float(value))
+                    break
         if seeing:
-            parameters["fwhm"] = round(sorted(seeing)[len(seeing) // 2] / instrument.SPAXEL_SCALE_WFM, 2)
+            parameters["fwhm"] = round(float(np.median(seeing)) / instrument.SPAXEL_SCALE_WFM, 2)
         return parameters
 
     def _run_exp_align(self, step, groups, labels):

@@ -158,7 +158,7 @@ def test_failing_recipe_stops_the_chain_and_rerun_resumes(simulated, tmp_path):
         pipe.run_all_recipes(last="wave")
     message = str(info.value)
     assert "muse_wavecal" in message
-    assert "tail of the esorex log" in message and "[ERROR]" in message
+    assert "tail of the esorex log" in message and "[ ERROR ]" in message
     assert pipe.steps["bias"].status == "done" and pipe.steps["flat"].status == "done"
     assert "lsf" not in pipe.steps
     catalog.write_bytes(good)
