@@ -168,3 +168,17 @@ def test_failing_recipe_stops_the_chain_and_rerun_resumes(simulated, tmp_path):
     assert again.steps["bias"].report.with_status("uptodate")
     assert again.steps["flat"].report.with_status("uptodate")
     assert again.steps["wave"].report.with_status("done")
+
+
+def test_html_report_of_the_reduced_run_links_real_figures(reduced):
+    import urllib.parse
+
+    page = reduced.make_report()
+    text = page.read_text()
+    images = re.findall(r"<img src='([^']+)'", text)
+    assert len(images) >= 8, images
+    for link in images:
+        path = page.parent / urllib.parse.unquote(link)
+        assert path.is_file(), path
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
