@@ -63,3 +63,17 @@ def write_raw(path, header, compression=None):
     else:
         hdul.writeto(path, overwrite=True)
     return path
+
+
+def empty_calibration_kit(root):
+    """``root/cal`` with an empty file for every static calibration of calib_tables.dic (enough where no
+    recipe reads them), and ``root/data/NGC1000/P01/Raw``. Returns (calibration folder, raw folder)."""
+    from pymusepipe.config import CALIB_KEYS
+
+    calib = root / "cal"
+    calib.mkdir()
+    for _, _, name in CALIB_KEYS.values():
+        (calib / name).write_bytes(b"")
+    raw = root / "data" / "NGC1000" / "P01" / "Raw"
+    raw.mkdir(parents=True)
+    return calib, raw

@@ -6,7 +6,7 @@ from pymusepipe import __version__
 from pymusepipe.cli import main
 from pymusepipe.config import CALIB_KEYS
 
-from rawframes import primary_header, write_raw
+from rawframes import empty_calibration_kit, primary_header, write_raw
 
 
 def test_version():
@@ -22,12 +22,7 @@ def test_init_config_writes_templates(tmp_path, capsys):
 
 
 def test_scan_prints_a_summary_per_pointing(tmp_path, capsys):
-    calib = tmp_path / "cal"
-    calib.mkdir()
-    for _, _, name in CALIB_KEYS.values():
-        (calib / name).write_bytes(b"")
-    raw = tmp_path / "data" / "NGC1000" / "P01" / "Raw"
-    raw.mkdir(parents=True)
+    calib, raw = empty_calibration_kit(tmp_path)
     for i in range(3):
         write_raw(raw / f"bias{i}.fits", primary_header("CALIB", "BIAS", mjd=60750.5 + i * 0.001,
                                                         tpl_start="2025-03-16T12:00:00", nexp=3, expno=i + 1))

@@ -1,10 +1,9 @@
 """MusePipe without running recipes: set-up errors, step order and slicing, parameters, fakemode."""
 import pytest
 
-from pymusepipe.config import CALIB_KEYS
 from pymusepipe.musepipe import STEPS, MusePipe, StepInputError
 
-from rawframes import primary_header, write_raw
+from rawframes import empty_calibration_kit, primary_header, write_raw
 
 TEMPLATES = [  # (stem, DPR CATG, DPR TYPE, count, TPL START)
     ("bias", "CALIB", "BIAS", 3, "2025-03-16T14:00:00"),
@@ -20,12 +19,7 @@ TEMPLATES = [  # (stem, DPR CATG, DPR TYPE, count, TPL START)
 
 @pytest.fixture
 def dataset(tmp_path):
-    calib = tmp_path / "cal"
-    calib.mkdir()
-    for _, _, name in CALIB_KEYS.values():
-        (calib / name).write_bytes(b"")
-    raw = tmp_path / "data" / "NGC1000" / "P01" / "Raw"
-    raw.mkdir(parents=True)
+    calib, raw = empty_calibration_kit(tmp_path)
     mjd = 60750.6
     for stem, catg, dpr_type, count, tpl in TEMPLATES:
         for i in range(count):
