@@ -1,49 +1,98 @@
-"""Benchmark: the demo's wall time next to the time spent inside esorex (the wrapper's overhead).
+"""Benchmark: how busy the demo keeps the cores, as one graph and step by step.
 
-Runs ``pymusepipe.demo.run_demo`` (simulation + run_all_recipes through the real recipes, 1 IFU), then reads
-the per-recipe job tables in ``Astro_Tables/`` and prints, per step, the wall time of the step, the sum and the
-longest of its esorex run times, and how much of the step was neither (planning, SOFs, moves, tables).
+Simulates the demo's observing run once (1 IFU, seed 1), then reduces copies of it through the real recipes with
+``run_all_recipes(graph=True)`` (every step planned first, one dependency graph) and/or ``graph=False`` (each
+step waits for the previous one, the way the first version ran). For each it prints the chain's wall time, the
+CPU time of its esorex processes (user + system of each job and its children, measured when the job ends) and
 
-Usage: python benchmarks/bench_demo.py [WORKDIR]
+    busy = esorex CPU / wall              (the machine's cores x 100% is the most possible)
+    wall / (esorex CPU / cores)           (1.00 = no core ever idle)
+
+then whether both reductions gave the same final cube (pixels), and the demo's comparison with the truth.
+
+Usage: python benchmarks/bench_demo.py [--mode graph|steps|both] [--workdir DIR] [--keep]
 """
+import argparse
+import os
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 from astropy.table import Table
 
-from pymusepipe.demo import report, run_demo
+from pymusepipe.demo import DEMO_FILTER, compare_with_truth, final_products, report
+from pymusepipe.esorex import available_cpus
 
 
-def main(workdir=None):
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_demo_")) / "demo"
-    pipe, result = run_demo(workdir)
-    tables = pipe.layout.folder("astro_tables")
-    durations = {}
-    for path in tables.glob("*_jobs.fits"):
-        jobs = Table.read(path)
-        for row in jobs:
-            durations[str(row["job"])] = float(row["duration"])
-    print(f"{'step':<18}{'jobs':>5}{'wall s':>9}{'esorex sum s':>14}{'esorex max s':>14}{'wall-esorex s':>14}")
-    total_wall = total_sum = total_critical = 0.0
-    for name, step in pipe.steps.items():
-        jobs = [job.name for job in step.report.jobs] if step.report else []
-        times = [durations.get(job, 0.0) for job in jobs]
-        esorex_sum = sum(times)
-        longest = max(times) if times else 0.0
-        # Time of the step not spent in esorex (negative when jobs ran concurrently).
-        overhead = step.seconds - esorex_sum
-        total_wall += step.seconds
-        total_sum += esorex_sum
-        total_critical += longest
-        print(f"{name:<18}{len(jobs):>5}{step.seconds:>9.1f}{esorex_sum:>14.1f}{longest:>14.1f}{overhead:>14.1f}")
-    print(f"{'all steps':<18}{'':>5}{total_wall:>9.1f}{total_sum:>14.1f}{total_critical:>14.1f}")
-    print(f"simulation: {result['seconds_simulation']:.1f} s; demo total: {result['seconds_total']:.1f} s")
-    print(f"wrapper time outside esorex: {total_wall - total_sum:.1f} s over {len(durations)} job(s) "
-          "(negative: esorex jobs ran concurrently)")
-    print(report(result))
+def _esorex_cpu(root: Path) -> tuple:
+    """(CPU seconds, jobs, peak RSS MB) of every esorex job recorded under a data root."""
+    cpu, jobs, rss = 0.0, 0, 0.0
+    for path in root.rglob("Astro_Tables/muse_*_jobs.fits"):
+        table = Table.read(path)
+        done = table[(table["status"] == "done") & (table["cpu_seconds"] >= 0)]
+        cpu += float(np.sum(done["cpu_seconds"]))
+        jobs += len(done)
+        if len(done):
+            rss = max(rss, float(np.max(done["max_rss_mb"])))
+    return cpu, jobs, rss
+
+
+def _reduce(source: Path, target: Path, graph: bool):
+    from pymusepipe.musepipe import MusePipe
+    from pymusepipe.simulate.run import SimulatedRun  # noqa: F401  (documents what `source` holds)
+
+    shutil.copytree(source, target, copy_function=os.link)   # raw frames are read-only: links suffice
+    rc, cal = target / "Config" / "rc.dic", target / "Config" / "calib_tables.dic"
+    rc.write_text(rc.read_text().replace(str(source), str(target)))
+    pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=True,
+                    filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
+    start = time.monotonic()
+    pipe.run_all_recipes(graph=graph)
+    wall = time.monotonic() - start
+    cpu, jobs, rss = _esorex_cpu(target)
+    return pipe, wall, cpu, jobs, rss
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("graph", "steps", "both"), default="both")
+    parser.add_argument("--workdir", help="work folder (default: a new temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the reductions (several GB)")
+    args = parser.parse_args(argv)
+    from pymusepipe.simulate import simulate_run
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_demo_")).absolute()
+    source = workdir / "simulated"
+    start = time.monotonic()
+    run = simulate_run(source, seed=1, overwrite=True)
+    print(f"simulation: {time.monotonic() - start:.0f} s ({source})")
+    cores = len(available_cpus())
+    modes = ("graph", "steps") if args.mode == "both" else (args.mode,)
+    cubes, pipes = {}, {}
+    print(f"{'mode':<7}{'wall s':>9}{'esorex CPU s':>14}{'jobs':>6}{'busy %':>8}{'wall/(CPU/cores)':>18}"
+          f"{'peak RSS MB':>13}")
+    for mode in modes:
+        pipe, wall, cpu, jobs, rss = _reduce(source, workdir / mode, graph=(mode == "graph"))
+        pipes[mode] = pipe
+        cubes[mode] = final_products(pipe)[1]
+        print(f"{mode:<7}{wall:>9.0f}{cpu:>14.0f}{jobs:>6}{100 * cpu / wall:>8.0f}{wall / (cpu / cores):>18.2f}"
+              f"{rss:>13.0f}", flush=True)
+    print(f"cores: {cores}; targets: busy >= {0.9 * cores * 100:.0f} %, wall/(CPU/cores) <= 1.15")
+    if len(cubes) == 2:
+        first, second = (fits.getdata(cubes[mode], "DATA") for mode in modes)
+        finite = np.isfinite(first)
+        same_mask = np.array_equal(finite, np.isfinite(second))
+        difference = float(np.max(np.abs(first[finite] - second[finite]))) if same_mask else float("nan")
+        print(f"final cubes: same NaN mask {same_mask}, largest pixel difference {difference:.3g} "
+              f"(median |pixel| {float(np.median(np.abs(first[finite]))):.3g})")
+    print(report(compare_with_truth(pipes[modes[0]], run.truth)))
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    main(sys.argv[1:])

@@ -86,6 +86,10 @@ class CalibrationCandidate:
         ``done`` (exists) or ``planned`` (the product of a job not run yet, e.g. in fakemode).
     batch : str
         Products made together (one recipe run on one template, fanned out over IFUs or not) share it.
+    night : str
+        Observing night of the data it was made from (``YYYY-MM-DD`` of the evening).
+    date_obs : str
+        DATE-OBS of the exposure it was made from (per-exposure products).
     """
 
     tag: str
@@ -98,13 +102,20 @@ class CalibrationCandidate:
     job: str = ""
     status: str = "done"
     batch: str = ""
+    night: str = ""
+    date_obs: str = ""
 
     @classmethod
     def from_raw_row(cls, row, tag=None) -> "CalibrationCandidate":
-        """Build from a raw-table row (raw ILLUM, or an archive-delivered GEOMETRY_TABLE ...)."""
+        """Build from a raw-table row (raw ILLUM, or an archive-delivered MASTER_BIAS, GEOMETRY_TABLE ...)."""
         return cls(tag=tag or str(row["tag"]), path=str(row["filename"]), mjd=float(row["mjd_obs"]),
                    ins_mode=str(row["ins_mode"]), read_mode=str(row["read_mode"]), ifu=0,
-                   tpl_start=str(row["tpl_start"]))
+                   tpl_start=str(row["tpl_start"]), night=str(row["night"]), date_obs=str(row["date_obs"]))
+
+    @property
+    def from_archive(self) -> bool:
+        """A file delivered with the data (archive master, raw ILLUM), not made by this pipeline."""
+        return not self.job
 
     @property
     def group(self) -> str:
@@ -322,7 +333,7 @@ def associate(spec: RecipeSpec, frames: Sequence[InputFrame], *, job_name: str, 
               candidates: Mapping[str, Sequence[CalibrationCandidate]] | None = None,
               static: Mapping[str, str] | None = None, validity: ValidityTable | None = None,
               explicit: Mapping[str, Sequence[str]] | None = None, rules: Mapping | None = None,
-              skip: Iterable[str] = ()) -> tuple:
+              skip: Iterable[str] = (), prefer_archive: bool = False) -> tuple:
     """Choose every calibration of one job.
 
     Parameters
@@ -346,6 +357,9 @@ def associate(spec: RecipeSpec, frames: Sequence[InputFrame], *, job_name: str, 
         Defaults to :func:`default_association_rules`.
     skip : iterable of str
         Optional tags not to associate (e.g. ILLUM when ``illum=False``).
+    prefer_archive : bool
+        Where both qualify, take a master delivered with the data (an ESO archive download) rather than
+        one this pipeline made from raw frames (the default prefers the pipeline's own).
 
     Returns
     -------
@@ -384,7 +398,8 @@ def associate(spec: RecipeSpec, frames: Sequence[InputFrame], *, job_name: str, 
                 missing.append(MissingCalibration(job_name, tag, str(error)))
                 continue
         elif calibration.source in (SOURCE_MASTER, SOURCE_RAW, SOURCE_TIME):
-            chosen, reason = _closest(calibration, rule, candidates.get(tag, ()), first, mjd, ifus)
+            chosen, reason = _closest(calibration, rule, candidates.get(tag, ()), first, mjd, ifus,
+                                      prefer_archive=prefer_archive)
             if chosen is None and calibration.source == SOURCE_TIME and tag in static:
                 chosen = Association(tag, (str(static[tag]),), None, "static file from calib_tables")
         if calibration.source == SOURCE_STATIC:
@@ -410,8 +425,13 @@ def _from_validity(tag, frame: InputFrame, validity: ValidityTable) -> Associati
                        f"validity table {validity.path.name}: {entry.start}..{entry.end} contains {date}")
 
 
-def _closest(calibration, rule: AssociationRule, candidates, frame: InputFrame, mjd: float, ifus):
-    """Closest group of candidates passing the rule and covering the job's IFUs; (Association, reason)."""
+def _closest(calibration, rule: AssociationRule, candidates, frame: InputFrame, mjd: float, ifus, *,
+             prefer_archive: bool = False):
+    """Closest group of candidates passing the rule and covering the job's IFUs; (Association, reason).
+
+    Masters made by this pipeline (from raw frames) win over masters delivered with the data within the
+    rule's window, unless ``prefer_archive``; outside the window neither is used.
+    """
     passing = []
     for candidate in candidates:
         if rule.match_ins_mode and frame.ins_mode and candidate.ins_mode != frame.ins_mode:
@@ -443,14 +463,20 @@ def _closest(calibration, rule: AssociationRule, candidates, frame: InputFrame, 
     if not usable:
         return None, f"{len(groups)} candidate set(s) match but none covers IFU(s) {sorted(needed)}"
     usable.sort(key=lambda item: item[0])
-    delta, members = usable[0]
-    if rule.window_days is not None and delta > rule.window_days:
+    inside = [item for item in usable if rule.window_days is None or item[0] <= rule.window_days]
+    if not inside:
+        delta, members = usable[0]
         return None, (f"closest {calibration.tag} is {delta:.2f} d away from MJD {mjd:.4f}, outside "
                       f"+-{rule.window_days:g} d ({members[0].path})")
+    preferred = [item for item in inside if all(m.from_archive for m in item[1]) == prefer_archive]
+    delta, members = (preferred or inside)[0]
     if not calibration.per_ifu or calibration.max_count == 1:
         # One file of a non-per-IFU calibration; per-IFU ones keep one file per IFU.
         members = members if calibration.per_ifu else members[:1]
     jobs = tuple(sorted({member.job for member in members if member.job}))
     planned = any(member.status != "done" for member in members)
+    origin = calibration.source
+    if calibration.source == SOURCE_MASTER and all(member.from_archive for member in members):
+        origin = "archive master delivered with the data"
     return Association(calibration.tag, tuple(member.path for member in members), delta,
-                       f"{rule.describe()} ({calibration.source})", jobs, planned), ""
+                       f"{rule.describe()} ({origin})", jobs, planned), ""

@@ -51,6 +51,8 @@ CALIB_KEYS = MappingProxyType({
     "line_catalog": ("LINE_CATALOG", True, "line_catalog.fits"),
     "sky_lines": ("SKY_LINES", True, "sky_lines.fits"),
     "filter_list": ("FILTER_LIST", True, "filter_list.fits"),
+    # Laser-induced Raman lines, cleaned by muse_scipost in the AO modes only.
+    "raman_lines": ("RAMAN_LINES", False, "raman_lines.fits"),
 })
 
 FOLDER_KEY_PREFIX = "folder_"
@@ -189,7 +191,8 @@ class PipelineConfig:
         for key in overrides:
             sources[key] = "argument"
         rc.update({key: value for key, value in overrides.items() if value is not None})
-        return cls._build(rc, calib, folders, sources)
+        # An optional file named in calib_tables.dic must exist (the vignetting mask is checked when used).
+        return cls._build(rc, calib, folders, sources, given=set(calib) - {"vignetting_mask"})
 
     @classmethod
     def from_settings(cls, *, musecalib, root, musecalib_time=None, calib_tables=None, str_pointing="P",
@@ -208,10 +211,10 @@ class PipelineConfig:
                     "str_pointing": str_pointing, "ndigits": ndigits}
         sources = {key: "argument" for key in settings}
         sources["calib_tables"] = "argument"
-        return cls._build(settings, calib, dict(folders or {}), sources)
+        return cls._build(settings, calib, dict(folders or {}), sources, given=set(calib_tables or {}))
 
     @classmethod
-    def _build(cls, settings, calib, folders, sources) -> "PipelineConfig":
+    def _build(cls, settings, calib, folders, sources, given=frozenset()) -> "PipelineConfig":
         def where(key):
             return sources.get(key, "argument")
 
@@ -229,8 +232,8 @@ class PipelineConfig:
         root = folder("root")
         musecalib_time = folder("musecalib_time") if settings.get("musecalib_time") else None
         for key, name in calib.items():
-            if key == "vignetting_mask" and not (musecalib / name).exists():
-                continue  # only needed for data taken before 2017-03, checked when used
+            if not CALIB_KEYS[key][1] and key not in given and not (musecalib / name).exists():
+                continue  # optional (vignetting mask for data before 2017-03, Raman lines for AO): checked when used
             if not (musecalib / name).is_file():
                 raise ConfigError(f"{key} = {name} (from {where('calib_tables')}): file {musecalib / name} "
                                   "does not exist")
@@ -279,8 +282,16 @@ def render_calib_template(names=None) -> str:
     lines = ["# pymusepipe calib_tables.dic: static calibration files, as names inside the musecalib folder.",
              "# One 'key value' per line; '#' or '%' starts a comment line.", ""]
     for key, (tag, required, default) in CALIB_KEYS.items():
-        note = "" if required else " [optional: only used for twilight flats taken before 2017-03]"
+        note = "" if required else f" [optional: {_OPTIONAL_NOTES[key]}]"
         lines.append(f"# {tag}{note}")
-        lines.append(f"{key} {names.get(key, default)}")
+        # Raman lines are for AO data only: listed, a missing file would be an error for everyone else.
+        prefix = "# " if key == "raman_lines" and key not in names else ""
+        lines.append(f"{prefix}{key} {names.get(key, default)}")
         lines.append("")
     return "\n".join(lines)
+
+
+_OPTIONAL_NOTES = {
+    "vignetting_mask": "only used for twilight flats taken before 2017-03",
+    "raman_lines": "the laser-induced Raman lines muse_scipost cleans in the AO modes (WFM-AO-N/E, NFM-AO-N)",
+}

@@ -1,39 +1,38 @@
-"""The recipe engine: planned jobs -> executed, checked, registered products, for one step at a time.
+"""The recipe engine: from groups of input frames to planned jobs, and from planned jobs to checked, registered
+products.
 
-``plan`` turns groups of input frames into :class:`Job` objects (IFU fan-out or ESO's in-process mode,
-calibrations associated by ESO's rules, expected products and their place in the layout) and reports every
-missing required calibration at once. ``run`` writes the SOFs, skips jobs that are up to date, hands the
-rest to an executor, moves the products of each successful job into the layout (``finalize``, in the worker,
-so dependents see them), registers them in the products catalogue and writes the per-recipe tables and the
-replay log. Products only leave ``Pipe_products/<job>/`` after the job succeeded, with an atomic rename: a
-crash never leaves a partial file counted as a product.
-
-``MusePipe`` (musepipe.py) owns the steps; it calls this engine from each ``run_*`` method.
+``plan`` turns groups of frames into :class:`Job` objects in a working *area* (a pointing, or a night's shared
+calibrations): IFU fan-out or ESO's in-process mode, calibrations associated by ESO's rules (every missing one
+reported at once), expected products and their place in the layout. ``python_job`` plans a Python step of the
+chain (choosing the OFFSET_LIST in force, an aperture correction...) the same way. ``run`` hands the jobs to the
+one :class:`~pymusepipe.scheduler.Scheduler` as a dependency graph: each job, when its inputs are ready, is
+skipped if up to date (same fingerprint, products intact), else its SOF and replay-log block are written and it
+runs; the products of a successful job are moved into the layout with an atomic rename, recorded with their
+checksum, and the area's tables are saved at once, so a crash never leaves a partial file counted as a product
+and loses no finished job.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import re
 import shutil
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import instrument
 from .association import (Association, CalibrationCandidate, InputFrame, MissingCalibration,
                           MissingCalibrationError, ValidityTable, associate, job_mjd)
-from .esorex import (SofEntry, available_cpus, build_command, check_parameters, pipeline_version,
-                     write_sof)
-from .executors import (STATUS_DONE, STATUS_PLANNED, STATUS_UPTODATE, ExecJob, Executor,
-                        FakeExecutor, JobResult, LocalExecutor)
-from .products import (JobRecord, JobTable, PlannedProduct, ProductCatalogue, ProductRecord, atomic_move,
-                       final_product_name, fingerprint)
+from .esorex import available_cpus, build_command, check_parameters, pipeline_version, write_sof
+from .executors import Executor, FakeExecutor, LocalExecutor
+from .layout import AreaLayout
+from .products import (CatalogueSet, JobRecord, JobTable, PlannedProduct, ProductCatalogue, ProductRecord,
+                       atomic_move, file_checksum, final_product_name, fingerprint, product_integrity)
 from .recipes import NAMING_DATEOBS, NAMING_SEQUENCE, RecipeSpec, RecipeTable, default_recipe_table
 from .replaylog import ReplayLog
+from .scheduler import (STATUS_DONE, STATUS_PLANNED, STATUS_UPTODATE, Command, JobResult, Scheduler, Task)
 
 __all__ = ["Job", "StepReport", "RecipeEngine", "IFU_FANOUT", "IFU_MERGED", "IFU_AUTO", "detect_ifus",
            "raw_calibration_candidates"]
@@ -57,7 +56,7 @@ _RAW_CALIBRATION_TAGS = frozenset({"ILLUM"}) | instrument.CALIBRATION_PRODUCT_TA
 
 @dataclass
 class Job:
-    """One esorex run, fully planned.
+    """One esorex run (or one Python step), fully planned.
 
     Attributes
     ----------
@@ -65,12 +64,16 @@ class Job:
         Unique and descriptive (``muse_bias_2018-01-01T10:00:00.000_ifu03``); names the SOF, the esorex log
         and the output folder.
     recipe : str
+        esorex recipe, or ``python:<what>`` for a Python step.
     label : str
         Template start (or template start + exposure): goes into the product names.
+    step : str
+        The chain's step the job belongs to (``bias``, ``scibasic_all`` ...).
+    area : AreaLayout
+        Where it works and writes (a pointing, or a night's calibration area).
     frames : list of InputFrame
         Main inputs, sorted by MJD.
     ifus : tuple of int
-        IFUs the job handles.
     parameters : dict
         Everything passed as ``--name=value`` (including ``nifu``/``merge``).
     associations : list of Association
@@ -80,41 +83,62 @@ class Job:
     log_name : str
         esorex ``--log-file`` (inside ``Esorex_log``).
     depends_on : tuple of str
-        Jobs producing planned calibrations of this one.
+        Jobs producing inputs or calibrations of this one.
     threads : int
+        Most threads worth giving it.
     memory_gb : float
+    function : callable, optional
+        A Python step: called with no argument, writes the products (atomically), returns a message.
+    log_argv : tuple of str
+        A Python step's equivalent command line, for the replay log.
+    postprocess : callable, optional
+        Called after the products are moved, before they are registered (e.g. the narrow-field aperture
+        correction of a standard-star response); ``postprocess_argv`` is its replay-log command.
+    note : str
+        What the planning decided for this job and why (recorded in the job table).
     """
 
     name: str
     recipe: str
     label: str
+    step: str
+    area: AreaLayout
     frames: list
     ifus: tuple
     parameters: dict
     associations: list
     missing: list
     products: list
-    sof: Path
-    output_dir: Path
+    sof: Path | None
+    output_dir: Path | None
     log_name: str
     depends_on: tuple = ()
     threads: int = 1
     memory_gb: float = 1.0
+    function: Callable | None = None
+    log_argv: tuple = ()
+    postprocess: Callable | None = None
+    postprocess_argv: tuple = ()
+    note: str = ""
+
+    @property
+    def is_python(self) -> bool:
+        return self.function is not None
 
     def calibration_paths(self) -> dict:
         """tag -> tuple of paths of the associated calibrations."""
         return {association.tag: association.paths for association in self.associations}
 
     def sof_entries(self) -> list:
-        entries = [SofEntry(frame.path, frame.tag, frame.mjd) for frame in self.frames]
+        entries = [(frame.path, frame.tag, frame.mjd) for frame in self.frames]
         for association in self.associations:
-            entries.extend(SofEntry(path, association.tag, None) for path in association.paths)
+            entries.extend((path, association.tag, None) for path in association.paths)
         return entries
 
 
 @dataclass
 class StepReport:
-    """What happened to the jobs of a step: ``results`` maps job name -> JobResult."""
+    """What happened to a set of jobs: ``results`` maps job name -> JobResult."""
 
     jobs: list
     results: dict = field(default_factory=dict)
@@ -129,6 +153,10 @@ class StepReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def for_step(self, step: str) -> "StepReport":
+        jobs = [job for job in self.jobs if job.step == step]
+        return StepReport(jobs, {job.name: self.results[job.name] for job in jobs if job.name in self.results})
 
     def products(self, tag: str | None = None) -> list:
         """Final paths of the products of the jobs that succeeded (or were planned)."""
@@ -161,7 +189,7 @@ def detect_ifus(path) -> tuple:
 
 
 def raw_calibration_candidates(raw_table) -> list:
-    """Rows of the raw table usable directly as calibrations (raw ILLUM, archive GEOMETRY_TABLE, ...)."""
+    """Rows of the raw table usable directly as calibrations (raw ILLUM, archive masters, GEOMETRY_TABLE...)."""
     return [CalibrationCandidate.from_raw_row(row) for row in raw_table if str(row["tag"]) in _RAW_CALIBRATION_TAGS]
 
 
@@ -190,13 +218,19 @@ def _exposures(frames: Sequence[InputFrame]) -> list:
     return exposures
 
 
+def _night_of_mjd(mjd: float) -> str:
+    # Paranal is at UTC-4/-3: the date of the evening a night started is that of MJD - 0.5 d (as the raw table).
+    base = datetime.datetime(1858, 11, 17) + datetime.timedelta(days=float(mjd) - 0.5)
+    return base.strftime("%Y-%m-%d")
+
+
 class RecipeEngine:
-    """Plans and runs the jobs of one pointing.
+    """Plans and runs the jobs of a reduction, in any number of areas (pointings, nights).
 
     Parameters
     ----------
-    layout : PointingLayout
-        Folders (``layout.folder(key)`` and ``layout.master_folder(kind)``).
+    root : Path
+        Data root (paths in tables are relative to it).
     recipes : RecipeTable, optional
         Defaults to :func:`~pymusepipe.recipes.default_recipe_table`.
     static_calibrations : mapping tag -> path
@@ -204,21 +238,20 @@ class RecipeEngine:
     validity : ValidityTable, optional
         Time-dependent GEOMETRY_TABLE / ASTROMETRY_WCS (``time_astrometry=True``).
     raw_table : astropy Table, optional
-        The raw table, for raw ILLUM frames and archive-delivered calibrations.
+        The raw table, for raw ILLUM frames and calibrations delivered with the data.
     executor : Executor, optional
         Default: :class:`~pymusepipe.executors.FakeExecutor` in fakemode, else a LocalExecutor.
     fakemode : bool
-        Plan, write SOFs and the log, run nothing; tables stay in memory.
-    logfile : str or Path, optional
-        Replay log (default ``Log/pymusepipe_<date>.log``); relative names go into ``Log/``.
-    reset_log : bool
-        Start the replay log afresh.
+        Plan, log the commands, run nothing, write nothing a real run reads (no SOF file, no table).
+    log : ReplayLog
+        The replay log of this run.
     overwrite : bool
         Re-run jobs even when up to date.
     rules : mapping, optional
         Association rules (:func:`~pymusepipe.association.default_association_rules`).
+    prefer_archive : bool
+        Prefer masters delivered with the data over masters made here from raw frames.
     esorex : str
-        esorex executable.
     esorex_options : sequence of str
         esorex options for every run (default ``--no-checksum``, as the original tool).
     version : str, optional
@@ -227,12 +260,13 @@ class RecipeEngine:
         Check parameter names against ``esorex --params`` when planning (default: when esorex is there).
     """
 
-    def __init__(self, layout, *, recipes: RecipeTable | None = None, static_calibrations: Mapping | None = None,
+    def __init__(self, root, *, recipes: RecipeTable | None = None, static_calibrations: Mapping | None = None,
                  validity: ValidityTable | None = None, raw_table=None, executor: Executor | None = None,
-                 fakemode: bool = False, logfile=None, reset_log: bool = False, overwrite: bool = False,
-                 rules: Mapping | None = None, esorex: str = "esorex", esorex_options: Sequence[str] = ("--no-checksum",),
-                 version: str | None = None, check_parameters: bool | None = None):
-        self.layout = layout
+                 fakemode: bool = False, log: ReplayLog | None = None, overwrite: bool = False,
+                 rules: Mapping | None = None, prefer_archive: bool = False, esorex: str = "esorex",
+                 esorex_options: Sequence[str] = ("--no-checksum",), version: str | None = None,
+                 check_parameters: bool | None = None):
+        self.root = Path(root).absolute()
         self.recipes = recipes if recipes is not None else default_recipe_table()
         self.static_calibrations = {tag: str(path) for tag, path in (static_calibrations or {}).items()}
         self.validity = validity
@@ -241,25 +275,21 @@ class RecipeEngine:
         self.executor = executor or (FakeExecutor() if fakemode else LocalExecutor())
         self.overwrite = overwrite
         self.rules = rules
+        self.prefer_archive = prefer_archive
         self.esorex = esorex
         self.esorex_options = tuple(esorex_options)
         self.version = version or self._ask_version()
         # Parameter names are checked against the installed recipes unless told otherwise (or unavailable).
         self.check_parameters = (self.version != "unknown") if check_parameters is None else check_parameters
         self._shipped = default_recipe_table()
-        self.catalogue = ProductCatalogue(None if fakemode else layout.folder("astro_tables"))
-        if fakemode:
-            # fakemode still sees what earlier real runs registered, but writes nothing back.
-            self.catalogue.records = list(ProductCatalogue(layout.folder("astro_tables")).records)
-        if logfile is None:
-            logfile = f"pymusepipe_{datetime.datetime.now():%Y%m%d_%H%M%S}.log"
-        log_path = Path(logfile)
-        if not log_path.is_absolute():
-            log_path = layout.folder("log") / log_path
-        self.log = ReplayLog(log_path, reset=reset_log, pipeline_version=self.version, fakemode=fakemode)
-        self._catalogue_lock = threading.Lock()
-        self._ifu_cache = {}
-        self._folders = {}
+        self.catalogue = CatalogueSet()
+        self.log = log
+        self._job_tables: dict = {}
+        self._ifu_cache: dict = {}
+        self._folders: dict = {}
+        self._areas: dict = {}
+        self.area_hooks: list = []          # callables(area) run before the first job of an area runs
+        self._prepared_areas: set = set()
 
     def _ask_version(self) -> str:
         try:
@@ -272,7 +302,33 @@ class RecipeEngine:
 
     @property
     def n_cpus(self) -> int:
+        capacity = self.executor.capacity()
+        if capacity is not None:
+            return int(capacity.cpus)
         return len(getattr(self.executor, "cpus", None) or available_cpus())
+
+    # ------------------------------------------------------------------ areas and tables
+    def add_area(self, area: AreaLayout) -> AreaLayout:
+        """Make an area's registered products visible to association (read from its tables once)."""
+        key = area.base_dir
+        if key not in self._areas:
+            self._areas[key] = area
+            self.catalogue.add(key, ProductCatalogue(area.folder("astro_tables"), root=self.root))
+        return self._areas[key]
+
+    def area_catalogue(self, area: AreaLayout) -> ProductCatalogue:
+        self.add_area(area)
+        return self.catalogue.get(area.base_dir)
+
+    def job_table(self, area: AreaLayout, recipe: str) -> JobTable:
+        key = (area.base_dir, recipe)
+        if key not in self._job_tables:
+            self._job_tables[key] = JobTable(area.folder("astro_tables"), recipe, root=self.root)
+        return self._job_tables[key]
+
+    def set_raw_table(self, raw_table):
+        """Raw frames usable as calibrations (raw ILLUM, archive masters) come from this table."""
+        self.raw_candidates = raw_calibration_candidates(raw_table) if raw_table is not None else []
 
     # ------------------------------------------------------------------ planning
     def ifus_of(self, frames: Sequence[InputFrame]) -> tuple:
@@ -283,29 +339,38 @@ class RecipeEngine:
             return tuple(product_ifus)
         common = None
         for frame in frames:
-            if frame.path not in self._ifu_cache:
-                if Path(frame.path).is_file():
-                    self._ifu_cache[frame.path] = detect_ifus(frame.path)
-                elif self.fakemode:
-                    self._ifu_cache[frame.path] = tuple(range(1, instrument.N_IFUS + 1))
-                else:
-                    raise FileNotFoundError(f"input frame {frame.path} ({frame.tag}) does not exist")
-            present = set(self._ifu_cache[frame.path])
-            common = present if common is None else common & present
+            common = set(self.raw_ifus(frame.path)) if common is None else common & set(self.raw_ifus(frame.path))
         if not common:
             raise ValueError(f"the {len(frames)} frames starting with {frames[0].path} share no IFU")
         return tuple(sorted(common))
 
-    def plan(self, recipe: str, groups: Sequence, *, labels: Sequence[str] | None = None,
-             parameters: Mapping | None = None, ifus: Sequence[int] | None = None, ifu_mode: str = IFU_AUTO,
-             calibrations: Mapping | None = None, skip_calibrations: Sequence[str] = (),
-             include_planned: bool | None = None, check: bool = True) -> list:
+    def raw_ifus(self, path) -> tuple:
+        """IFUs (``CHANnn`` extensions) of one raw file, cached."""
+        path = str(path)
+        if path not in self._ifu_cache:
+            if Path(path).is_file():
+                self._ifu_cache[path] = detect_ifus(path)
+            elif self.fakemode:
+                self._ifu_cache[path] = tuple(range(1, instrument.N_IFUS + 1))
+            else:
+                raise FileNotFoundError(f"input frame {path} does not exist")
+        return self._ifu_cache[path]
+
+    def plan(self, recipe: str, groups: Sequence, *, area: AreaLayout, step: str = "",
+             labels: Sequence[str] | None = None, parameters: Mapping | None = None,
+             ifus: Sequence[int] | None = None, ifu_mode: str = IFU_AUTO, calibrations: Mapping | None = None,
+             skip_calibrations: Sequence[str] = (), include_planned: bool = True, check: bool = True,
+             qualifiers: Mapping | None = None) -> list:
         """Plan the jobs of a recipe, one group of input frames (a template, an exposure...) per run.
 
         Parameters
         ----------
         recipe : str
         groups : sequence of sequences of InputFrame (or raw-table rows)
+        area : AreaLayout
+            Where the jobs work and their products go.
+        step : str
+            The chain's step (recorded with the jobs and products).
         labels : sequence of str, optional
             Product-name label per group (default: template start, plus exposure number for a group that is
             one exposure).
@@ -317,24 +382,30 @@ class RecipeEngine:
             ``fanout``, ``merged`` or ``auto``; ignored by recipes without ``--nifu``.
         calibrations : mapping tag -> paths, optional
             Calibrations given by the step (OFFSET_LIST, OUTPUT_WCS, SKY_LINES ...); they bypass association.
+            One mapping for every group, or a sequence of mappings (one per group).
         skip_calibrations : sequence of str
             Optional calibrations not to use (e.g. ``["ILLUM"]`` when ``illum=False``).
-        include_planned : bool, optional
-            Accept products of jobs not run yet as calibrations (default: in fakemode only).
+        include_planned : bool
+            Accept products of jobs not run yet (planned in this run) as inputs and calibrations.
         check : bool
             Raise :class:`MissingCalibrationError` listing every missing calibration of all groups.
+        qualifiers : mapping tag -> str, optional
+            Qualifier recorded with products of a tag (e.g. the filter of IMAGE_FOV is set automatically).
 
         Returns
         -------
         list of Job
         """
         spec = self.recipes[recipe]
+        self.add_area(area)
         if ifu_mode not in _IFU_MODES:
             raise ValueError(f"ifu_mode={ifu_mode!r}: expected one of {', '.join(_IFU_MODES)}")
         if labels is not None and len(labels) != len(groups):
             raise ValueError(f"{recipe}: {len(labels)} labels for {len(groups)} groups")
-        include_planned = self.fakemode if include_planned is None else include_planned
-        candidates = self.catalogue.candidates_by_tag(include_planned=include_planned)
+        per_group_calibrations = isinstance(calibrations, (list, tuple))
+        if per_group_calibrations and len(calibrations) != len(groups):
+            raise ValueError(f"{recipe}: {len(calibrations)} calibration sets for {len(groups)} groups")
+        candidates = self.catalogue.candidates_by_tag(include_planned=include_planned or self.fakemode)
         for candidate in self.raw_candidates:
             candidates.setdefault(candidate.tag, []).append(candidate)
         merged_parameters = {**spec.default_parameters, **(parameters or {})}
@@ -348,6 +419,7 @@ class RecipeEngine:
                         if name in (parameters or {}) or name not in shipped_defaults]
             if user_set:
                 check_parameters(recipe, user_set, self.esorex)
+        producers = self._producers()
         jobs = []
         for index, group in enumerate(groups):
             frames = sorted((frame if isinstance(frame, InputFrame) else InputFrame.from_raw_row(frame)
@@ -371,33 +443,38 @@ class RecipeEngine:
                 group_ifus = ()
             else:
                 group_ifus = self.ifus_of(frames)
-            jobs.extend(self._plan_group(spec, frames, label, group_ifus, ifu_mode, merged_parameters,
-                                         candidates, calibrations or {}, skip_calibrations))
+            explicit = (calibrations[index] if per_group_calibrations else calibrations) or {}
+            jobs.extend(self._plan_group(spec, frames, label, step, area, group_ifus, ifu_mode, merged_parameters,
+                                         candidates, explicit, skip_calibrations, producers, qualifiers or {}))
         names = [job.name for job in jobs]
         if len(set(names)) != len(names):
             raise ValueError(f"{recipe}: two groups have the same label; give distinct labels "
                              f"({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
         for job in jobs:
-            # Later plans may build on these products before they exist (include_planned / fakemode);
-            # a job with registered (done) products keeps them until it runs again.
-            if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
-                self._register(job, status="planned")
+            self._register_planned(job)
         if check:
-            self._check_missing(jobs)
+            self.check_missing(jobs)
         return jobs
 
-    def _check_missing(self, jobs):
+    def _producers(self) -> dict:
+        """path -> name of the job that makes (or made) it, for dependencies on explicit inputs."""
+        return {record.path: record.job for record in self.catalogue.records if record.job}
+
+    def check_missing(self, jobs):
         """Raise for missing calibrations; in fakemode only warn (a dry run must go through)."""
-        try:
-            raise_missing(jobs)
-        except MissingCalibrationError as error:
-            if not self.fakemode:
-                raise
-            logger.warning("fakemode: %s", error)
+        missing = [item for job in jobs for item in job.missing]
+        if not missing:
+            return
+        error = MissingCalibrationError(missing)
+        if not self.fakemode:
+            raise error
+        logger.warning("fakemode: %s", error)
+        if self.log is not None:
             self.log.comment(f"fakemode warning: {error}")
 
-    def _plan_group(self, spec: RecipeSpec, frames, label, group_ifus, ifu_mode, parameters, candidates,
-                    explicit, skip_calibrations) -> list:
+    def _plan_group(self, spec: RecipeSpec, frames, label, step, area, group_ifus, ifu_mode, parameters,
+                    candidates, explicit, skip_calibrations, producers, qualifiers) -> list:
+        n_cpus = self.n_cpus
         if spec.takes_nifu:
             mode = ifu_mode
             if mode == IFU_AUTO:
@@ -407,54 +484,63 @@ class RecipeEngine:
                                  f"{instrument.N_IFUS} IFUs are present; only {list(group_ifus)} are. "
                                  "Use ifu_mode='fanout'")
             if mode == IFU_FANOUT:
-                threads = max(1, self.n_cpus // min(len(group_ifus), self.n_cpus))
-                units = [((ifu,), {"nifu": ifu}, f"_ifu{ifu:02d}", threads) for ifu in group_ifus]
+                units = [((ifu,), {"nifu": ifu}, f"_ifu{ifu:02d}") for ifu in group_ifus]
             else:
                 merge = {"merge": True} if spec.takes_merge else {}
-                units = [(group_ifus, {"nifu": -1, **merge}, "", self.n_cpus)]
+                units = [(group_ifus, {"nifu": -1, **merge}, "")]
         else:
-            units = [(group_ifus, {}, "", self.n_cpus)]
+            units = [(group_ifus, {}, "")]
         jobs = []
-        for job_ifus, ifu_parameters, suffix, threads in units:
+        for job_ifus, ifu_parameters, suffix in units:
             name = f"{spec.name}_{label}{suffix}"
             job_parameters = {**ifu_parameters, **parameters}
             associations, missing = associate(
                 spec, frames, job_name=name, ifus=job_ifus, candidates=candidates, static=self.static_calibrations,
-                validity=self.validity, explicit=explicit, rules=self.rules, skip=skip_calibrations)
+                validity=self.validity, explicit=explicit, rules=self.rules, skip=skip_calibrations,
+                prefer_archive=self.prefer_archive)
             if not self.fakemode:
-                missing.extend(_missing_on_disk(name, [a for a in associations if not a.planned]))
+                missing.extend(_missing_on_disk(name, associations, producers))
             merged = bool(ifu_parameters.get("merge")) or ifu_parameters.get("nifu") == -1
-            products = self._plan_products(spec, frames, label, job_ifus, merged, job_parameters)
-            depends = tuple(sorted({job for association in associations if association.planned
-                                    for job in association.source_jobs}))
-            memory = spec.memory_gb * (min(threads, len(job_ifus)) if merged else 1)
-            jobs.append(Job(name=name, recipe=spec.name, label=label, frames=list(frames), ifus=tuple(job_ifus),
-                            parameters=job_parameters, associations=associations, missing=missing,
-                            products=products, sof=self._folder(("sof",)) / f"{name}.sof",
-                            output_dir=self._folder(("pipe_products",)) / name, log_name=f"{name}.log",
-                            depends_on=depends, threads=threads, memory_gb=memory))
+            products = self._plan_products(spec, frames, label, area, job_ifus, merged, job_parameters,
+                                           qualifiers)
+            depends = {job for association in associations if association.planned
+                       for job in association.source_jobs}
+            # Inputs and explicit calibrations that are products of other jobs of the run come after them.
+            for path in [frame.path for frame in frames] + [p for a in associations for p in a.paths]:
+                producer = producers.get(path)
+                if producer and producer != name:
+                    depends.add(producer)
+            memory = spec.memory_gb * (len(job_ifus) if merged else 1)
+            jobs.append(Job(name=name, recipe=spec.name, label=label, step=step, area=area, frames=list(frames),
+                            ifus=tuple(job_ifus), parameters=job_parameters, associations=associations,
+                            missing=missing, products=products,
+                            sof=self._folder(area, ("sof",)) / f"{name}.sof",
+                            output_dir=self._folder(area, ("pipe_products",)) / name, log_name=f"{name}.log",
+                            depends_on=tuple(sorted(depends)), threads=n_cpus, memory_gb=memory))
         return jobs
 
-    def _destination(self, folder: tuple, raw_tag: str) -> Path:
+    def _destination(self, area, folder: tuple, raw_tag: str) -> Path:
         key = folder[0].replace("{raw_folder}", _RAW_TAG_FOLDERS.get(raw_tag, "object"))
         if key == "master" and len(folder) > 1:
-            return self._folder(("master", folder[1]))
-        return self._folder((key,))
+            return self._folder(area, ("master", folder[1]))
+        return self._folder(area, (key,))
 
-    def _folder(self, key: tuple) -> Path:
+    def _folder(self, area, key: tuple) -> Path:
         """Layout folder, cached (planning asks for the same few folders thousands of times)."""
-        if key not in self._folders:
-            self._folders[key] = self.layout.master_folder(key[1]) if len(key) > 1 else self.layout.folder(key[0])
-        return self._folders[key]
+        cache_key = (area.base_dir, key)
+        if cache_key not in self._folders:
+            self._folders[cache_key] = area.master_folder(key[1]) if len(key) > 1 else area.folder(key[0])
+        return self._folders[cache_key]
 
-    def _plan_products(self, spec, frames, label, job_ifus, merged, parameters) -> list:
+    def _plan_products(self, spec, frames, label, area, job_ifus, merged, parameters, qualifiers) -> list:
         raw_tag = frames[0].tag
         exposures = _exposures(frames)
         planned = []
         for output in spec.products_for(parameters):
             tag = output.tag.replace("{raw}", raw_tag)
-            folder = self._destination(output.folder, raw_tag)
+            folder = self._destination(area, output.folder, raw_tag)
             ifus = job_ifus if output.per_ifu and not merged else (0,)
+            qualifier = qualifiers.get(tag, "")
             for ifu in ifus:
                 ifu_suffix = f"-{ifu:02d}" if ifu else ""
                 if output.naming == NAMING_DATEOBS:
@@ -464,178 +550,327 @@ class RecipeEngine:
                             else f"{label}_{number:04d}")
                         planned.append(PlannedProduct(tag, f"{tag}_{number:04d}{ifu_suffix}.fits",
                                                       folder / final_product_name(tag, exposure_label, ifu),
-                                                      ifu, number, output.required))
+                                                      ifu, number, output.required, qualifier))
                 elif output.naming == NAMING_SEQUENCE:
                     # One file per filter of --filter (IMAGE_FOV), named after the filter.
                     members = [item for item in str(parameters.get("filter", "white")).split(",") if item] or ["1"]
                     for number, member in enumerate(members, start=1):
                         planned.append(PlannedProduct(tag, f"{tag}_{number:04d}{ifu_suffix}.fits",
                                                       folder / final_product_name(tag, label, ifu, member),
-                                                      ifu, 0, output.required))
+                                                      ifu, 0, output.required, member))
                 else:
                     planned.append(PlannedProduct(tag, f"{tag}{ifu_suffix}.fits",
                                                   folder / final_product_name(tag, label, ifu), ifu, 0,
-                                                  output.required))
+                                                  output.required, qualifier))
         return planned
 
+    def python_job(self, name: str, *, step: str, area: AreaLayout, function: Callable, log_argv: Sequence[str],
+                   frames: Sequence[InputFrame] = (), products: Sequence[PlannedProduct] = (),
+                   depends_on: Sequence[str] = (), label: str = "", parameters: Mapping | None = None) -> Job:
+        """Plan a Python step of the chain (it runs in this process, in dependency order with the esorex jobs).
+
+        ``function()`` must write ``products`` at their destinations (atomically) and return a message;
+        ``log_argv`` is the equivalent command line for the replay log (``python3 -m pymusepipe.tasks ...``).
+        Inputs that are products of other jobs make it depend on them.
+        """
+        self.add_area(area)
+        producers = self._producers()
+        depends = set(depends_on) | {producers[frame.path] for frame in frames if frame.path in producers}
+        depends.discard(name)
+        job = Job(name=name, recipe=f"python:{step}", label=label or name, step=step, area=area, frames=list(frames),
+                  ifus=(), parameters=dict(parameters or {}), associations=[], missing=[], products=list(products),
+                  sof=None, output_dir=None, log_name="", depends_on=tuple(sorted(depends)), threads=1,
+                  memory_gb=0.5, function=function, log_argv=tuple(str(item) for item in log_argv))
+        self._register_planned(job)
+        return job
+
+    def _register_planned(self, job: Job):
+        # Later plans may build on these products before they exist; a job with registered (done) products
+        # keeps them until it runs again.
+        if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
+            self._register(job, status="planned")
+
     # ------------------------------------------------------------------ running
-    def run(self, jobs: Sequence[Job], *, overwrite: bool | None = None, step: str = "") -> StepReport:
-        """Run planned jobs: resume check, SOFs, execution, product moves, tables, replay log.
+    def run(self, jobs: Sequence[Job], *, overwrite: bool | None = None, label: str = "") -> StepReport:
+        """Run planned jobs as one dependency graph; returns what happened to each.
 
         Raises
         ------
         MissingCalibrationError
-            If any job lacks a required calibration (nothing runs then).
+            If any job lacks a required calibration that no job of the run makes (nothing runs then).
+        RunInterrupted
+            On Ctrl-C (running jobs stopped, none recorded as failed).
         """
+        jobs = list(jobs)
+        for job in jobs:
+            self.add_area(job.area)
         if not self.fakemode:
             names = {job.name for job in jobs}
+            producers = self._producers()
             for job in jobs:
-                job.missing.extend(item for item in _missing_on_disk(job.name, job.associations, names)
-                                   if item not in job.missing)
-        self._check_missing(jobs)
+                found = _missing_on_disk(job.name, job.associations, producers, names) + \
+                    _missing_inputs(job, producers, names)
+                job.missing = [item for item in job.missing if "not made by this run" not in item.reason]
+                job.missing.extend(item for item in found if item not in job.missing)
+        self.check_missing(jobs)
         overwrite = self.overwrite if overwrite is None else overwrite
-        report = StepReport(list(jobs))
-        recipes = sorted({job.recipe for job in jobs})
-        self.log.stamp(f"step {step or ', '.join(recipes)}: {len(jobs)} job(s)")
-        job_tables = {recipe: JobTable(None if self.fakemode else self.layout.folder("astro_tables"), recipe)
-                      for recipe in recipes}
-        fingerprints, to_run = {}, []
-        for job in jobs:
-            fingerprints[job.name] = "" if self.fakemode else self._fingerprint(job)
-            previous = job_tables[job.recipe].get(job.name)
-            if not overwrite and self._is_up_to_date(job, previous, fingerprints[job.name]):
-                logger.info("%s is up to date (same inputs, calibrations, parameters and pipeline): skipped",
-                            job.name)
-                self.log.comment(f"{job.name}: up to date, not run again")
-                report.results[job.name] = JobResult(job.name, STATUS_UPTODATE, message="up to date")
-                if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
-                    self._register(job, status="done")  # e.g. the products table was deleted
-                continue
-            to_run.append(job)
-        if to_run and self.executor.executes:
-            self.layout.folder("esorex_log", create=True)
-        executable = [self._exec_job(job) for job in to_run]
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        # fakemode runs everything in this thread: one write of the whole step's log block.
-        with self.log.batch() if not self.executor.executes else contextlib.nullcontext():
-            results = self.executor.run(executable, label=step or jobs[0].recipe) if executable else {}
-        for job in to_run:
-            result = results[job.name]
-            report.results[job.name] = result
-            if result.status == STATUS_PLANNED:
-                self._register(job, status="planned")
-            elif not result.ok:
-                self.log.comment(f"FAILED {job.name}: {result.message}")
-                with self._catalogue_lock:
-                    # Whatever it made before is no longer what its inputs and parameters say: unregister.
-                    self.catalogue.register(job.name, [])
-            if not self.fakemode:
-                job_tables[job.recipe].update(self._job_record(job, result, fingerprints[job.name], started))
-        if not self.fakemode:
-            for recipe in recipes:
-                job_tables[recipe].save()
-                self.catalogue.save(recipe)
-        logger.info("%s: %s", step or ", ".join(recipes), report.summary())
+        if self.log is not None:
+            self.log.stamp(f"{label or 'run'}: {len(jobs)} job(s)")
+        tasks = [_EngineTask(self, job, overwrite) for job in jobs]
+        results = Scheduler(self.executor).run(tasks, label=label)
+        report = StepReport(jobs, results)
+        logger.info("%s: %s", label or "run", report.summary())
         return report
 
-    def _fingerprint(self, job: Job) -> str:
+    # --- what the tasks do (called by _EngineTask, in the scheduler's thread)
+    def fingerprint_of(self, job: Job) -> str:
+        if job.is_python:
+            calibrations = {"inputs": [frame.path for frame in job.frames]}
+            return fingerprint(job.recipe, {**job.parameters, "argv": " ".join(job.log_argv)}, [], calibrations,
+                               self.version, (), root=self.root, checksums=self._checksums())
         return fingerprint(job.recipe, job.parameters, [frame.path for frame in job.frames],
-                           job.calibration_paths(), self.version, job.ifus)
+                           job.calibration_paths(), self.version, job.ifus, root=self.root,
+                           checksums=self._checksums())
 
-    def _is_up_to_date(self, job: Job, previous: JobRecord | None, job_fingerprint: str) -> bool:
-        if self.fakemode or previous is None or previous.status != STATUS_DONE:
-            return False
-        if previous.fingerprint != job_fingerprint:
-            return False
-        return all(product.destination.is_file() for product in job.products if product.required)
+    def _checksums(self) -> dict:
+        return {record.path: record.checksum for record in self.catalogue.records
+                if record.status == "done" and record.checksum}
 
-    def _exec_job(self, job: Job) -> ExecJob:
-        sof_text = write_sof(job.sof, job.sof_entries())
-        if self.executor.executes and job.output_dir.exists():
-            shutil.rmtree(job.output_dir)  # leftovers of an interrupted run must not pass as products
-        log_dir = self.layout.folder("esorex_log")
+    def changed_products(self, job: Job) -> list:
+        """Required products of a done job that are missing or no longer what was made (size, time, then
+        checksum): (path, what) pairs."""
+        records = {record.path: record for record in self.catalogue.of_job(job.name) if record.status == "done"}
+        changed = []
+        for product in job.products:
+            if not product.required:
+                continue
+            path = str(product.destination)
+            record = records.get(path)
+            try:
+                stat = Path(path).stat()
+            except OSError:
+                changed.append((path, "missing"))
+                continue
+            if record is None or record.size < 0:
+                continue  # made by an older version: no integrity record to compare with
+            if stat.st_size != record.size:
+                changed.append((path, f"size {stat.st_size} bytes, {record.size} when made"))
+            elif stat.st_mtime_ns != record.mtime_ns and record.checksum and \
+                    file_checksum(path) != record.checksum:
+                changed.append((path, "content changed since it was made (checksum)"))
+        return changed
+
+    def up_to_date(self, job: Job, overwrite: bool) -> str | None:
+        if self.fakemode or overwrite:
+            return None
+        previous = self.job_table(job.area, job.recipe).get(job.name)
+        if previous is None or previous.status != STATUS_DONE:
+            return None
+        if previous.fingerprint != self.fingerprint_of(job):
+            return None
+        changed = self.changed_products(job)
+        if changed:
+            for path, what in changed:
+                message = f"{job.name}: product {Path(path).name} {what}: making it again"
+                logger.warning("%s", message)
+                if self.log is not None:
+                    self.log.comment(message)
+            return None
+        if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
+            self._register(job, status="done")  # e.g. the products table was deleted
+            self.area_catalogue(job.area).save(job.recipe)
+        if self.log is not None:
+            self.log.comment(f"{job.name}: up to date, not run again")
+        return "up to date (same inputs, calibrations, parameters and pipeline; products intact)"
+
+    def prepare(self, job: Job, threads: int):
+        """SOF and replay-log block of a job about to start; returns its Command (or its Python callable)."""
+        if not self.fakemode and job.area.base_dir not in self._prepared_areas:
+            for hook in self.area_hooks:
+                hook(job.area)
+            self._prepared_areas.add(job.area.base_dir)
+        if job.is_python:
+            if self.log is not None:
+                with self.log.batch():
+                    self.log.comment(f"{job.name}: {job.step}")
+                    self.log.command(list(job.log_argv))
+            if self.fakemode:
+                return lambda: "fakemode: not run"
+            return job.function
+        sof_text = "".join(f"{path} {tag}\n" for path, tag, _ in sorted(
+            job.sof_entries(), key=lambda entry: (entry[2] is None, entry[2] or 0.0)))
+        log_dir = job.area.folder("esorex_log")
+        if not self.fakemode:
+            sof_text = write_sof(job.sof, job.sof_entries())
+            if job.output_dir.exists():
+                shutil.rmtree(job.output_dir)  # leftovers of an interrupted run must not pass as products
+            log_dir.mkdir(parents=True, exist_ok=True)
         argv = build_command(job.recipe, job.sof, output_dir=job.output_dir, log_dir=log_dir,
                              log_file=job.log_name, parameters=job.parameters, esorex=self.esorex,
                              esorex_options=self.esorex_options)
-
-        def on_start(exec_job, final_argv, threads):
+        if self.log is not None:
             with self.log.batch():
                 self.log.comment(f"{job.name}: {len(job.frames)} input(s), IFU(s) {_ifu_text(job.ifus)}")
                 self.log.mkdir(job.output_dir)
                 self.log.mkdir(log_dir)
                 self.log.mkdir(job.sof.parent)  # the replay may start from a fresh copy of Raw/ only
                 self.log.write_file(job.sof, sof_text)
-                self.log.command(final_argv, env={"OMP_NUM_THREADS": threads}, cwd=job.output_dir)
-
-        return ExecJob(name=job.name, argv=argv, output_dir=job.output_dir,
-                       stdout_path=log_dir / f"{job.name}.stdout", esorex_log=log_dir / job.log_name,
+                self.log.esorex(argv, threads=threads, cwd=job.output_dir)
+        return Command(name=job.name, argv=argv, cwd=job.output_dir, stdout_path=log_dir / f"{job.name}.stdout",
+                       threads=threads, memory_gb=job.memory_gb,
                        expected_products=[job.output_dir / product.esorex_name for product in job.products
                                           if product.required],
-                       threads=job.threads, memory_gb=job.memory_gb, depends_on=job.depends_on,
-                       finalize=lambda exec_job: self._finalize(job), on_start=on_start)
+                       esorex_log=log_dir / job.log_name)
 
-    def _finalize(self, job: Job):
-        """Move the products of a successful job into the layout and register them (worker thread)."""
-        with self.log.batch():
-            folders = set()
-            for product in job.products:
-                source = job.output_dir / product.esorex_name
-                if not source.is_file():
-                    continue  # an optional product this run did not write
-                if product.destination.parent not in folders:
-                    folders.add(product.destination.parent)
-                    self.log.mkdir(product.destination.parent)
-                atomic_move(source, product.destination)
-                self.log.move(source, product.destination)
+    def finalize(self, job: Job, result: JobResult):
+        """Move the products of a successful job into the layout and register them with their checksums."""
+        if result.status == STATUS_PLANNED:
+            if job.postprocess_argv and self.log is not None:
+                self.log.command(list(job.postprocess_argv))
+            return
+        if not job.is_python:
+            batch = self.log.batch() if self.log is not None else _nullcontext()
+            with batch:
+                folders = set()
+                for product in job.products:
+                    source = job.output_dir / product.esorex_name
+                    if not source.is_file():
+                        continue  # an optional product this run did not write
+                    if product.destination.parent not in folders:
+                        folders.add(product.destination.parent)
+                        if self.log is not None:
+                            self.log.mkdir(product.destination.parent)
+                    atomic_move(source, product.destination)
+                    if self.log is not None:
+                        self.log.move(source, product.destination)
+                if job.postprocess is not None:
+                    message = job.postprocess()
+                    if self.log is not None:
+                        if message:
+                            self.log.comment(f"{job.name}: {message}")
+                        self.log.command(list(job.postprocess_argv))
         self._register(job, status="done")
 
-    def _register(self, job: Job, status: str):
-        exposures = _exposures(job.frames)
-        records = []
-        for product in job.products:
-            if status == "done" and not product.destination.is_file():
-                continue
-            frame = exposures[product.exposure - 1] if product.exposure else job.frames[0]
-            mjd = frame.mjd if product.exposure else job_mjd(job.frames)
-            records.append(ProductRecord(
-                tag=product.tag, path=str(product.destination), mjd=mjd, date_obs=frame.date_obs,
-                ins_mode=frame.ins_mode, read_mode=frame.read_mode, ifu=product.ifu, tpl_start=frame.tpl_start,
-                expno=frame.expno if product.exposure else -1, job=job.name, recipe=job.recipe, status=status,
-                batch=f"{job.recipe}_{job.label}"))
-        with self._catalogue_lock:
-            self.catalogue.register(job.name, records)
+    def discard(self, job: Job, result: JobResult):
+        """A failed job: whatever it made before no longer matches its inputs and parameters."""
+        if self.log is not None:
+            self.log.comment(f"FAILED {job.name}: {result.message}")
+        self.catalogue.register(job.area.base_dir, job.name, [])
+        if not self.fakemode:
+            self.area_catalogue(job.area).save(job.recipe)
 
-    def _job_record(self, job: Job, result: JobResult, job_fingerprint: str, started: str) -> JobRecord:
+    def record(self, job: Job, result: JobResult):
+        """The job's row in its area's job table; both tables saved at once (nothing lost on a crash)."""
+        if self.fakemode:
+            return
+        table = self.job_table(job.area, job.recipe)
+        if result.status == STATUS_UPTODATE and table.get(job.name) is not None:
+            return  # keep the record of the run that made the products
+        job_fingerprint = self.fingerprint_of(job) if result.status == STATUS_DONE else ""
         calibrations = {association.tag: {"paths": list(association.paths), "delta_days": association.delta_days,
                                           "rule": association.rule} for association in job.associations}
-        return JobRecord(
-            job=job.name, recipe=job.recipe, label=job.label, ifus=_ifu_text(job.ifus), status=result.status,
+        table.update(JobRecord(
+            job=job.name, recipe=job.recipe, label=job.label, step=job.step, area=job.area.name,
+            ifus=_ifu_text(job.ifus), status=result.status,
             returncode=-1 if result.returncode is None else int(result.returncode),
-            duration=float(result.duration), started=started, inputs=to_json([frame.path for frame in job.frames]),
-            calibrations=to_json(calibrations), parameters=to_json(job.parameters),
-            products=to_json([str(product.destination) for product in job.products]),
-            fingerprint=job_fingerprint if result.status == STATUS_DONE else "", message=result.message,
-            sof=str(job.sof), esorex_log=str(self.layout.folder("esorex_log") / job.log_name))
+            duration=float(result.duration), cpu_seconds=float(result.cpu_seconds),
+            max_rss_mb=float(result.max_rss_mb), threads=int(result.threads),
+            started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            inputs=to_json([frame.path for frame in job.frames]), calibrations=to_json(calibrations),
+            parameters=to_json(job.parameters), products=to_json([str(p.destination) for p in job.products]),
+            fingerprint=job_fingerprint, message=result.message, note=job.note, sof=str(job.sof or ""),
+            esorex_log=str(job.area.folder("esorex_log") / job.log_name) if job.log_name else ""))
+        table.save()
+        self.area_catalogue(job.area).save(job.recipe)
+
+    def _register(self, job: Job, status: str):
+        exposures = _exposures(job.frames) if job.frames else []
+        records = []
+        for product in job.products:
+            path = str(product.destination)
+            size = mtime_ns = -1
+            checksum = ""
+            if status == "done":
+                if not product.destination.is_file():
+                    continue
+                size, mtime_ns, checksum = product_integrity(path)
+            frame = exposures[product.exposure - 1] if product.exposure and exposures else \
+                (job.frames[0] if job.frames else None)
+            mjd = (frame.mjd if product.exposure else job_mjd(job.frames)) if frame is not None else 0.0
+            records.append(ProductRecord(
+                tag=product.tag, path=path, mjd=mjd, date_obs=frame.date_obs if frame else "",
+                ins_mode=frame.ins_mode if frame else "", read_mode=frame.read_mode if frame else "",
+                ifu=product.ifu, tpl_start=frame.tpl_start if frame else "",
+                expno=frame.expno if (frame and product.exposure) else -1, job=job.name, recipe=job.recipe,
+                status=status, batch=f"{job.recipe}_{job.label}", step=job.step, qualifier=product.qualifier,
+                night=_night_of_mjd(mjd) if mjd else "", size=size, mtime_ns=mtime_ns, checksum=checksum))
+        self.catalogue.register(job.area.base_dir, job.name, records)
 
 
-def raise_missing(jobs: Sequence[Job]):
-    """Raise one MissingCalibrationError listing every missing calibration of these jobs (if any)."""
-    missing = [item for job in jobs for item in job.missing]
-    if missing:
-        raise MissingCalibrationError(missing)
+class _EngineTask(Task):
+    """A planned job as the scheduler sees it."""
+
+    def __init__(self, engine: RecipeEngine, job: Job, overwrite: bool):
+        self.engine = engine
+        self.job = job
+        self.overwrite = overwrite
+        self.name = job.name
+        self.depends_on = job.depends_on
+        self.max_threads = max(1, job.threads)
+        self.memory_gb = job.memory_gb
+        self.local = job.is_python
+
+    def up_to_date(self):
+        return self.engine.up_to_date(self.job, self.overwrite)
+
+    def prepare(self, threads):
+        return self.engine.prepare(self.job, threads)
+
+    def finalize(self, result):
+        self.engine.finalize(self.job, result)
+
+    def discard(self, result):
+        self.engine.discard(self.job, result)
+
+    def record(self, result):
+        self.engine.record(self.job, result)
 
 
-def _missing_on_disk(job_name: str, associations: Sequence[Association], running_with=None) -> list:
-    """Associated files that do not exist (planned ones are fine if their jobs are in ``running_with``)."""
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _missing_on_disk(job_name: str, associations: Sequence[Association], producers: Mapping,
+                     running_with=None) -> list:
+    """Associated files that do not exist and that no job makes (at planning), or no job of the run makes
+    (``running_with``: the names of the jobs of the run)."""
     missing = []
     for association in associations:
-        if association.planned and association.source_jobs and running_with is not None \
-                and set(association.source_jobs) <= running_with:
-            continue  # made by a job of the same run, which runs first
         absent = [path for path in association.paths if not Path(path).is_file()]
-        if absent:
-            what = "planned product not made yet" if association.planned else "file does not exist"
-            missing.append(MissingCalibration(job_name, association.tag, f"{what}: {absent[0]}"))
+        if not absent:
+            continue
+        makers = {producers.get(path) for path in absent} | set(association.source_jobs if association.planned
+                                                                   else ())
+        makers.discard(None)
+        if makers and (running_with is None or makers <= running_with):
+            continue  # made by a job that runs first
+        what = "planned product not made by this run" if makers else "file does not exist"
+        missing.append(MissingCalibration(job_name, association.tag, f"{what}: {absent[0]}"))
+    return missing
+
+
+def _missing_inputs(job: Job, producers: Mapping, running_with) -> list:
+    """Main inputs that do not exist and that no job of the run makes."""
+    missing = []
+    for frame in job.frames:
+        if Path(frame.path).is_file() or producers.get(frame.path) in running_with:
+            continue
+        missing.append(MissingCalibration(job.name, frame.tag, f"input does not exist and no job of this run "
+                                                                f"makes it: {frame.path}"))
     return missing
 
 

@@ -24,6 +24,10 @@ DEFAULT_MODE = "WFM-NOAO-N"
 #: Spaxel size in arcsec in the wide-field mode.
 SPAXEL_SCALE_WFM = 0.2
 
+#: Nominal spaxel size in arcsec in the narrow-field mode (muse_scipost --dx/--dy default; measured on
+#: astrometric fields: 0.02519" x 0.02542", muse_instrument.h).
+SPAXEL_SCALE_NFM = 0.025
+
 #: Lamp names of the calibration unit as the MUSE recipes translate them (muse_utils.c).
 CALIBRATION_LAMPS = MappingProxyType({
     "CU-LAMP1": "Halogen", "CU-LAMP2": "Halogen", "CU-LAMP3": "Ne", "CU-LAMP4": "Xe",
@@ -146,6 +150,17 @@ def check_mode(musemode: str) -> str:
     if mode not in MUSE_MODES:
         raise ValueError(f"musemode={musemode!r} is not a MUSE mode; expected one of {', '.join(MUSE_MODES)}")
     return mode
+
+
+def spaxel_scale(mode: str) -> float:
+    """Spaxel size in arcsec of an observing mode (WFM 0.2", NFM 0.025")."""
+    return SPAXEL_SCALE_NFM if str(mode).upper().startswith("NFM") else SPAXEL_SCALE_WFM
+
+
+def is_ao_mode(mode: str) -> bool:
+    """Whether an observing mode uses the laser-assisted adaptive optics (``WFM-AO-N``, ``WFM-AO-E``,
+    ``NFM-AO-N``): the sodium notch and the laser's Raman lines are then in the data."""
+    return "-AO-" in f"-{str(mode).upper()}-" and "NOAO" not in str(mode).upper()
 
 
 def field_of_mode(mode: str) -> str:

@@ -95,6 +95,10 @@ class ReplayLog:
             line = f"(cd {shlex.quote(str(cwd))} && {line})"
         self._write(f"# [fakemode] {line}\n" if self.fakemode else f"{line}\n")
 
+    def esorex(self, argv: Sequence[str], threads: int, cwd):
+        """An esorex run, in its own working folder, with its thread count."""
+        self.command(argv, env={"OMP_NUM_THREADS": threads}, cwd=cwd)
+
     def mkdir(self, folder):
         self.command(["mkdir", "-p", str(folder)])
 

@@ -1,12 +1,15 @@
-"""DaskExecutor on a real LocalCluster (2 worker processes): the Executor contract, worker loss, and real
-muse_bias jobs giving the same products as the LocalExecutor.
+"""DaskExecutor on a real LocalCluster (2 worker processes), through the one scheduler: the same graph as the
+local executor with the same results and skip decisions, worker loss, cancellation, and real muse_bias jobs
+giving the same products as the LocalExecutor.
 
 One cluster per module (~3 s to start); the esorex test writes three full-size BIAS frames holding two IFUs
 (as test_engine_esorex.py) and reduces them twice, once per executor.
 """
 import hashlib
 import shutil
-from pathlib import Path
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +19,10 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed is not
 from astropy.io import fits  # noqa: E402
 
 from pymusepipe.dask_executor import DaskExecutor, local_cluster  # noqa: E402
-from pymusepipe.executors import ExecJob  # noqa: E402
+from pymusepipe.executors import LocalExecutor  # noqa: E402
+from pymusepipe.scheduler import RunInterrupted, Scheduler  # noqa: E402
+
+from scheduler_tasks import CommandTask  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,46 +33,49 @@ def client():
         yield dask_client
 
 
-def _shell_job(folder: Path, name, command, products=(), depends_on=(), threads=1, memory_gb=1.0):
-    output = folder / name
-    return ExecJob(name=name, argv=["bash", "-c", command], output_dir=output,
-                   stdout_path=folder / "logs" / f"{name}.stdout",
-                   expected_products=[output / product for product in products], depends_on=tuple(depends_on),
-                   threads=threads, memory_gb=memory_gb)
+def _graph(folder, events):
+    """A small graph: a chain, a failure with a dependent, a missing product, an up-to-date task."""
+    def shell(name, command, **kwargs):
+        return CommandTask(folder, name, ["bash", "-c", command], events=events, **kwargs)
 
-
-def test_contract_dependencies_failures_and_finalize(client, tmp_path):
-    finalized = []
-    jobs = [
-        _shell_job(tmp_path, "make", 'echo "$OMP_NUM_THREADS" > A.fits', products=["A.fits"], threads=8),
-        _shell_job(tmp_path, "uses_make", "test -f ../make/A.fits && touch B.fits", products=["B.fits"],
-                   depends_on=["make"]),
-        _shell_job(tmp_path, "crash", "echo '[ERROR] muse_bias: boom'; exit 3"),
-        _shell_job(tmp_path, "after_crash", "touch C.fits", products=["C.fits"], depends_on=["crash"]),
-        _shell_job(tmp_path, "no_product", "true", products=["D.fits"]),
+    return [
+        shell("make", 'echo "$OMP_NUM_THREADS" > A.fits', expected=["A.fits"], max_threads=8),
+        shell("uses_make", "test -f ../make/A.fits && touch B.fits", expected=["B.fits"], depends_on=["make"]),
+        shell("crash", "echo '[ERROR] muse_bias: boom'; exit 3"),
+        shell("after_crash", "touch C.fits", expected=["C.fits"], depends_on=["crash"]),
+        shell("no_product", "true", expected=["D.fits"]),
+        shell("kept", "touch E.fits", up_to_date="products intact"),
+        shell("after_kept", "touch F.fits", expected=["F.fits"], depends_on=["kept"]),
     ]
-    for job in jobs:
-        job.finalize = lambda exec_job: finalized.append(exec_job.name)
-    results = DaskExecutor(client, progress=False).run(jobs)
-    assert {name: result.status for name, result in results.items()} == {
-        "make": "done", "uses_make": "done", "crash": "failed", "after_crash": "skipped", "no_product": "failed"}
+
+
+def test_the_same_graph_gives_the_same_results_and_skips_locally_and_on_dask(client, tmp_path):
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor(cpus=[0, 1], pinning="none")), ("dask", DaskExecutor(client))):
+        events = []
+        results = Scheduler(executor, progress=False).run(_graph(tmp_path / name, events))
+        outcomes[name] = ({job: result.status for job, result in results.items()},
+                          sorted(event[1] for event in events if event[0] == "finalize"),
+                          sorted(event[1] for event in events if event[0] == "prepare"))
+        assert "exited with code 3" in results["crash"].message and "boom" in results["crash"].message
+        assert "D.fits" in results["no_product"].message
+        assert "depends on crash" in results["after_crash"].message
+        assert not (tmp_path / name / "out" / "kept").exists()   # up to date: never started
+    assert outcomes["local"] == outcomes["dask"]
+    assert outcomes["dask"][0] == {"make": "done", "uses_make": "done", "crash": "failed", "after_crash": "skipped",
+                                   "no_product": "failed", "kept": "uptodate", "after_kept": "done"}
     # threads are capped at what the largest worker declares (1 cpu), and esorex is told so.
-    assert (tmp_path / "make" / "A.fits").read_text().strip() == "1"
-    assert "exited with code 3" in results["crash"].message and "boom" in results["crash"].message
-    assert "D.fits" in results["no_product"].message
-    assert "depends on crash" in results["after_crash"].message
-    assert sorted(finalized) == ["make", "uses_make"]  # only after success, and before the dependent ran
-    assert (tmp_path / "logs" / "crash.stdout").read_text().startswith("[ERROR]")
+    assert (tmp_path / "dask" / "out" / "make" / "A.fits").read_text().strip() == "1"
 
 
 def test_workers_without_resources_are_a_clear_error(tmp_path):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=":0") as cluster, distributed.Client(cluster) as plain:
+        task = CommandTask(tmp_path, "a", ["bash", "-c", "touch A.fits"], expected=["A.fits"])
         with pytest.raises(RuntimeError, match="declare no 'cpus'"):
-            DaskExecutor(plain).run([_shell_job(tmp_path, "a", "true")])
+            Scheduler(DaskExecutor(plain), progress=False).run([task])
         # Opting out of resources runs jobs one per worker thread.
-        assert DaskExecutor(plain, use_resources=False, progress=False).run(
-            [_shell_job(tmp_path, "a", "touch A.fits", products=["A.fits"])])["a"].ok
+        assert Scheduler(DaskExecutor(plain, use_resources=False), progress=False).run([task])["a"].ok
 
 
 def test_a_worker_lost_mid_job_is_retried_from_an_empty_folder(client, tmp_path):
@@ -74,10 +83,10 @@ def test_a_worker_lost_mid_job_is_retried_from_an_empty_folder(client, tmp_path)
     marker = tmp_path / "first_attempt_happened"
     command = (f"if [ ! -e {marker} ]; then touch {marker} partial.fits; kill -9 $PPID; exec sleep 30; fi; "
                "test ! -e partial.fits && touch P.fits")
-    results = DaskExecutor(client, progress=False).run([_shell_job(tmp_path, "lost", command, products=["P.fits"])])
+    task = CommandTask(tmp_path, "lost", ["bash", "-c", command], expected=["P.fits"])
+    results = Scheduler(DaskExecutor(client), progress=False).run([task])
     assert results["lost"].ok, results["lost"].message
-    assert marker.exists() and (tmp_path / "lost" / "P.fits").is_file()
-    assert not (tmp_path / "lost" / "partial.fits").exists()
+    assert marker.exists() and (task.cwd / "P.fits").is_file() and not (task.cwd / "partial.fits").exists()
     client.wait_for_workers(2)
 
 
@@ -87,18 +96,42 @@ def test_a_job_killing_its_worker_every_time_fails_clearly(tmp_path):
     # No second chance: the first lost worker fails the job (default: 3 retries on other workers).
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             local_cluster(n_workers=1, cpus_per_worker=1) as cluster, distributed.Client(cluster) as one_worker:
-        results = DaskExecutor(one_worker, progress=False).run(
-            [_shell_job(tmp_path, "killer", "kill -9 $PPID; exec sleep 30", products=["K.fits"]),
-             _shell_job(tmp_path, "after", "touch A.fits", products=["A.fits"], depends_on=["killer"])])
+        results = Scheduler(DaskExecutor(one_worker), progress=False).run(
+            [CommandTask(tmp_path, "killer", ["bash", "-c", "kill -9 $PPID; exec sleep 30"], expected=["K.fits"]),
+             CommandTask(tmp_path, "after", ["touch", "A.fits"], expected=["A.fits"], depends_on=["killer"])])
     assert results["killer"].status == "failed" and "worker died" in results["killer"].message
     assert results["after"].status == "skipped"
+
+
+def test_ctrl_c_cancels_running_commands_on_the_workers(client, tmp_path):
+    marker = tmp_path / "sleeper.pid"
+    task = CommandTask(tmp_path, "sleeper", ["bash", "-c", f"echo $$ > {marker}; exec sleep 120"])
+    timer = threading.Timer(3.0, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(RunInterrupted) as info:
+        Scheduler(DaskExecutor(client), progress=False).run([task])
+    assert info.value.results["sleeper"].status == "interrupted"
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid) and time.monotonic() - start < 40
+
+
+def _alive(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.esorex
 def test_real_muse_bias_through_dask_gives_the_local_products(client, tmp_path):
     from pymusepipe.engine import RecipeEngine
-    from pymusepipe.executors import LocalExecutor
     from pymusepipe.layout import PointingLayout
+    from pymusepipe.replaylog import ReplayLog
     from test_engine_esorex import _write_biases  # the same three full-size frames, IFUs 3 and 7
 
     raw_dir = tmp_path / "raw"
@@ -108,9 +141,10 @@ def test_real_muse_bias_through_dask_gives_the_local_products(client, tmp_path):
     try:
         for name, executor in (("local", LocalExecutor(pinning="none")), ("dask", DaskExecutor(client))):
             layout = PointingLayout(tmp_path / name, "BIASTEST", 1)
-            engine = RecipeEngine(layout, executor=executor, logfile="bias.log", reset_log=True)
-            jobs = engine.plan("muse_bias", [frames])
-            report = engine.run(jobs, step="bias")
+            engine = RecipeEngine(layout.root, executor=executor,
+                                  log=ReplayLog(layout.folder("log") / "bias.log", reset=True))
+            jobs = engine.plan("muse_bias", [frames], area=layout, step="bias")
+            report = engine.run(jobs, label="bias")
             assert report.ok, {job: result.message for job, result in report.results.items()}
             assert [job.parameters["nifu"] for job in jobs] == [3, 7]
             digests[name] = [_data_digest(job.products[0].destination) for job in jobs]

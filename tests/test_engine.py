@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from astropy.table import Table
 
 from pymusepipe.association import InputFrame, MissingCalibrationError
 from pymusepipe.engine import RecipeEngine
@@ -12,6 +13,7 @@ from pymusepipe.esorex import read_sof
 from pymusepipe.executors import FakeExecutor, LocalExecutor
 from pymusepipe.layout import PointingLayout
 from pymusepipe.products import JobTable, ProductCatalogue
+from pymusepipe.replaylog import ReplayLog
 
 FAKE_ESOREX = Path(__file__).with_name("fake_esorex.py")
 
@@ -49,8 +51,22 @@ def _engine(layout, fake_esorex, **kwargs):
         badpix.parent.mkdir(parents=True, exist_ok=True)
         badpix.write_text("static")
     kwargs.setdefault("executor", LocalExecutor(cpus=[0, 1], pinning="none", timeout=60))
-    return RecipeEngine(layout, esorex=fake_esorex, version="fake-1.0", logfile="test.log", check_parameters=False,
-                        static_calibrations={"BADPIX_TABLE": str(layout.root / "badpix.fits")}, **kwargs)
+    engine = RecipeEngine(layout.root, esorex=fake_esorex, version="fake-1.0", check_parameters=False,
+                          static_calibrations={"BADPIX_TABLE": str(layout.root / "badpix.fits")},
+                          log=ReplayLog(layout.folder("log") / "test.log"), **kwargs)
+    return _bound(engine, layout)
+
+
+def _bound(engine, layout):
+    """Plan in the pointing area by default (the tests plan everything there)."""
+    plan = engine.plan
+
+    def plan_in_pointing(recipe, groups, **options):
+        options.setdefault("area", layout)
+        return plan(recipe, groups, **options)
+
+    engine.plan = plan_in_pointing
+    return engine
 
 
 def test_fanout_runs_one_job_per_ifu_and_moves_products(layout, fake_esorex, tmp_path, monkeypatch):
@@ -71,8 +87,13 @@ def test_fanout_runs_one_job_per_ifu_and_moves_products(layout, fake_esorex, tmp
         assert [tag for _, tag in sof[:3]] == ["BIAS"] * 3
         assert [Path(path).name for path, _ in sof[:3]] == sorted(Path(f.path).name for f in frames)
         assert all(Path(path).is_absolute() for path, _ in sof)
-    catalogue = ProductCatalogue(layout.folder("astro_tables"))
+    catalogue = ProductCatalogue(layout.folder("astro_tables"), root=layout.root)
     assert sorted(record.ifu for record in catalogue.records) == [1, 2]
+    assert {record.path for record in catalogue.records} == {
+        str(layout.master_folder("Bias") / f"MASTER_BIAS_{frames[0].tpl_start}-{ifu:02d}.fits") for ifu in (1, 2)}
+    stored = Table.read(layout.folder("astro_tables") / "muse_bias_products.fits")
+    assert all(not path.startswith("/") for path in stored["path"])   # relative to the data root
+    assert all(checksum.startswith("crc32:") for checksum in stored["checksum"])
     log = engine.log.path.read_text()
     assert "OMP_NUM_THREADS=1 " in log and log.count("mv -f ") == 2
 
@@ -136,7 +157,9 @@ def test_resume_skips_unchanged_jobs_and_reruns_changed_ones(layout, fake_esorex
     assert run(overwrite=True) == "done"
     assert run(parameters={"combine": "median"}) == "done"
     assert run(parameters={"combine": "median"}) == "uptodate"
-    os.utime(frames[0].path, ns=(1, 1))  # an input changed
+    os.utime(frames[0].path, ns=(1, 1))  # a copied raw frame (new time, same content) changes nothing
+    assert run(parameters={"combine": "median"}) == "uptodate"
+    Path(frames[0].path).write_text("raw frame downloaded again, different")  # an input changed
     assert run(parameters={"combine": "median"}) == "done"
     product = layout.master_folder("Bias") / f"MASTER_BIAS_{frames[0].tpl_start}-01.fits"
     product.unlink()  # a product was deleted
@@ -172,8 +195,9 @@ def test_master_outside_time_window_is_not_used(layout, fake_esorex):
 def test_fakemode_runs_nothing_and_names_planned_files(layout, fake_esorex, tmp_path, monkeypatch):
     record = tmp_path / "calls.txt"
     monkeypatch.setenv("FAKE_ESOREX_RECORD", str(record))
-    engine = RecipeEngine(layout, fakemode=True, esorex=fake_esorex, version="fake-1.0", logfile="fake.log",
-                          check_parameters=False)
+    engine = _bound(RecipeEngine(layout.root, fakemode=True, esorex=fake_esorex, version="fake-1.0",
+                                 log=ReplayLog(layout.folder("log") / "fake.log", fakemode=True),
+                                 check_parameters=False), layout)
     assert isinstance(engine.executor, FakeExecutor)
     bias_frames = _frames(layout.folder("raw"), "BIAS", 60000.5)
     bias = engine.run(engine.plan("muse_bias", [bias_frames], ifus=[1]))
@@ -181,9 +205,11 @@ def test_fakemode_runs_nothing_and_names_planned_files(layout, fake_esorex, tmp_
     (flat,) = engine.plan("muse_flat", [_frames(layout.folder("raw"), "FLAT", 60000.6)], ifus=[1])
     planned_bias = layout.master_folder("Bias") / f"MASTER_BIAS_{bias_frames[0].tpl_start}-01.fits"
     engine.run([flat])
-    assert (str(planned_bias), "MASTER_BIAS") in read_sof(flat.sof)
-    assert not record.exists() and not planned_bias.exists()
     log = engine.log.path.read_text()
+    # fakemode writes nothing a real run reads: the SOF is only in the (commented) log.
+    assert not flat.sof.exists() and f"# [fakemode] {planned_bias} MASTER_BIAS" in log
+    assert not record.exists() and not planned_bias.exists()
+    assert not any(layout.folder("astro_tables").glob("*.fits"))
     assert "# [fakemode] " in log and "\nesorex " not in log and "fakemode" in log.splitlines()[2]
     # A step whose earlier step was never planned: warned about, not a crash.
     (wave,) = engine.plan("muse_wavecal", [_frames(layout.folder("raw"), "ARC", 60000.7, count=1)], ifus=[1])
@@ -231,9 +257,11 @@ def test_ifus_are_those_common_to_all_raw_files(layout, fake_esorex):
 
 
 def test_fakemode_chain_fanout_masters_feed_an_all_ifu_recipe(layout, fake_esorex):
-    engine = RecipeEngine(layout, fakemode=True, version="fake-1.0", logfile="chain.log", check_parameters=False,
-                          static_calibrations={"LINE_CATALOG": "/cal/lc.fits", "GEOMETRY_TABLE": "/cal/geo.fits",
-                                               "EXTINCT_TABLE": "/cal/ext.fits", "STD_FLUX_TABLE": "/cal/std.fits"})
+    engine = _bound(RecipeEngine(
+        layout.root, fakemode=True, version="fake-1.0", log=ReplayLog(layout.folder("log") / "chain.log"),
+        check_parameters=False, static_calibrations={"LINE_CATALOG": "/cal/lc.fits", "GEOMETRY_TABLE": "/cal/geo.fits",
+                                                     "EXTINCT_TABLE": "/cal/ext.fits", "STD_FLUX_TABLE": "/cal/std.fits"}),
+        layout)
     raw = layout.folder("raw")
     for recipe, tag, mjd, count in (("muse_bias", "BIAS", 60000.5, 3), ("muse_flat", "FLAT", 60000.6, 3),
                                     ("muse_wavecal", "ARC", 60000.7, 1)):
@@ -262,7 +290,7 @@ def test_fakemode_chain_fanout_masters_feed_an_all_ifu_recipe(layout, fake_esore
 
 @pytest.mark.esorex
 def test_parameter_typos_are_caught_when_planning(layout):
-    engine = RecipeEngine(layout, fakemode=True, logfile="typo.log")  # real esorex: version and parameters
+    engine = _bound(RecipeEngine(layout.root, fakemode=True), layout)  # real esorex: version and parameters
     assert engine.check_parameters and engine.version.count(".") == 2
     frames = _frames(layout.folder("raw"), "BIAS", 60000.5)
     with pytest.raises(ValueError, match="muse_bias has no parameter 'ovrscan'; did you mean 'overscan'"):

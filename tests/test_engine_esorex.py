@@ -17,6 +17,7 @@ from pymusepipe.engine import RecipeEngine
 from pymusepipe.executors import LocalExecutor
 from pymusepipe.layout import PointingLayout
 from pymusepipe.products import JobTable, ProductCatalogue
+from pymusepipe.replaylog import ReplayLog
 from pymusepipe.simulate.detector import electrons_to_raw, write_raw_file
 from pymusepipe.simulate.model import DetectorModel
 from pymusepipe.simulate.observing import Exposure, isot, primary_header
@@ -59,9 +60,10 @@ def bias_run(tmp_path_factory):
     layout = PointingLayout(root, "BIASTEST", 1)
     raw_dir = layout.folder("raw", create=True)
     frames = _write_biases(raw_dir)
-    engine = RecipeEngine(layout, executor=LocalExecutor(), logfile="bias_test.log", reset_log=True)
-    jobs = engine.plan("muse_bias", [frames])
-    report = engine.run(jobs, step="bias")
+    engine = RecipeEngine(layout.root, executor=LocalExecutor(),
+                          log=ReplayLog(layout.folder("log") / "bias_test.log", reset=True))
+    jobs = engine.plan("muse_bias", [frames], area=layout, step="bias")
+    report = engine.run(jobs, label="bias")
     yield layout, engine, frames, jobs, report
     shutil.rmtree(root, ignore_errors=True)  # 3 x 36 MB raw + 200 MB master
 
@@ -71,7 +73,7 @@ def test_real_bias_fanout_products_moved_and_registered(bias_run):
     assert report.ok, report.results
     # IFUs read from the CHANnn extensions; fewer than 24 -> one job per IFU (nifu=0/-1 would fail).
     assert [(job.ifus, job.parameters["nifu"]) for job in jobs] == [((3,), 3), ((7,), 7)]
-    catalogue = ProductCatalogue(layout.folder("astro_tables"))
+    catalogue = ProductCatalogue(layout.folder("astro_tables"), root=layout.root)
     for job, ifu in zip(jobs, IFUS):
         (product,) = job.products
         assert product.destination == layout.master_folder("Bias") / f"MASTER_BIAS_{frames[0].tpl_start}-{ifu:02d}.fits"
@@ -95,7 +97,7 @@ def test_real_bias_fanout_products_moved_and_registered(bias_run):
 
 def test_real_bias_resume_skips_unchanged_jobs(bias_run):
     layout, engine, frames, jobs, report = bias_run
-    again = engine.run(engine.plan("muse_bias", [frames]), step="bias again")
+    again = engine.run(engine.plan("muse_bias", [frames], area=layout, step="bias"), label="bias again")
     assert again.with_status("uptodate") == [job.name for job in jobs]
     assert "up to date" in engine.log.path.read_text()
 

@@ -29,6 +29,10 @@ def dataset(tmp_path):
     return tmp_path
 
 
+def _sof_tags(job):
+    return {tag for _, tag, _ in job.sof_entries()}
+
+
 def _fake(dataset, **kwargs):
     return MusePipe("NGC1000", 1, musecalib=dataset / "cal", root=dataset / "data", fakemode=True,
                     filter_list="white,Cousins_R", **kwargs)
@@ -42,11 +46,20 @@ def test_fakemode_plans_every_step_in_order(dataset):
     assert len(pipe.steps["scibasic_all"].report.jobs) == 4      # 2 OBJECT + 1 SKY + 1 STD, one job each
     scipost = pipe.steps["scipost"].report.jobs
     assert len(scipost) == 2
-    sof = scipost[0].sof.read_text()
+    tags = _sof_tags(scipost[0])
     for tag in ("PIXTABLE_OBJECT", "STD_RESPONSE", "EXTINCT_TABLE", "OFFSET_LIST", "SKY_LINES", "SKY_CONTINUUM",
                 "LSF_PROFILE"):
-        assert f" {tag}\n" in sof, tag
+        assert tag in tags, tag
+    assert "RAMAN_LINES" not in tags   # not an AO mode
+    # Calibrations and the standard star go to the night's shared area; science stays in the pointing.
+    night = pipe.layout.night_layout("2025-03-16")
+    assert all(job.area == night for name in ("bias", "flat", "wave", "lsf", "twilight", "standard")
+               for job in pipe.steps[name].report.jobs)
+    assert {job.area.kind for job in pipe.steps["scibasic_all"].report.jobs} == {"night", "pointing"}
+    # fakemode writes nothing a real run reads: no product, no SOF, no table.
     assert not any(pipe.layout.folder("object").glob("*.fits"))
+    assert not any(pipe.layout.folder("sof").glob("*.sof"))
+    assert not any(pipe.layout.folder("astro_tables").glob("PIPE_*.fits"))
     assert "esorex" in pipe.engine.log.path.read_text()
 
 
@@ -68,10 +81,10 @@ def test_first_last_and_parameter_overrides(dataset):
 def test_illum_false_leaves_illum_out(dataset):
     pipe = _fake(dataset)
     pipe.run_all_recipes(last="twilight", illum=False)
-    assert " ILLUM\n" not in pipe.steps["twilight"].report.jobs[0].sof.read_text()
+    assert "ILLUM" not in _sof_tags(pipe.steps["twilight"].report.jobs[0])
     pipe = _fake(dataset)
     pipe.run_all_recipes(last="twilight")
-    assert " ILLUM\n" in pipe.steps["twilight"].report.jobs[0].sof.read_text()
+    assert "ILLUM" in _sof_tags(pipe.steps["twilight"].report.jobs[0])
 
 
 def test_setup_errors_name_what_is_wrong(dataset, tmp_path):

@@ -75,6 +75,7 @@ def test_every_step_ran_and_registered_its_products(reduced):
     for name in ("bias", "flat", "wave", "lsf", "twilight", "scibasic_all", "standard", "sky", "prep_align",
                  "align_bypointing", "scipost", "scipost_sky", "combine_pointing"):
         assert statuses[name] == "done", name
+    assert statuses["align_bygroup"] == "skipped"   # one template: same as align_bypointing
     registered = {record.path for record in reduced.engine.catalogue.records if record.status == "done"}
     for step in reduced.steps.values():
         if step.report is None:

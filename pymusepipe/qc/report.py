@@ -92,13 +92,16 @@ def find_products(layout) -> dict:
     from ..products import ProductCatalogue
 
     found, seen = {}, set()
-    catalogue = ProductCatalogue(layout.folder("astro_tables"))
-    for record in sorted(catalogue.records, key=lambda record: (record.tag, record.path)):
-        path = Path(record.path)
-        if record.status == "done" and path.is_file() and path not in seen:
-            seen.add(path)
-            found.setdefault(record.tag, []).append(ProductFile(record.tag, path, record.recipe))
-    folders = [layout.master_folder(kind) for kind in _MASTER_KINDS] + [layout.folder(key) for key in _PRODUCT_FOLDERS]
+    areas = [layout] + _night_areas(layout)
+    for area in areas:
+        catalogue = ProductCatalogue(area.folder("astro_tables"), root=area.root)
+        for record in sorted(catalogue.records, key=lambda record: (record.tag, record.path)):
+            path = Path(record.path)
+            if record.status == "done" and path.is_file() and path not in seen:
+                seen.add(path)
+                found.setdefault(record.tag, []).append(ProductFile(record.tag, path, record.recipe))
+    folders = [area.master_folder(kind) for area in areas for kind in _MASTER_KINDS] + \
+        [layout.folder(key) for key in _PRODUCT_FOLDERS]
     tags = {kind.tag for kind in FIGURE_KINDS} | {kind.partner for kind in FIGURE_KINDS if kind.partner}
     for folder in folders:
         if not folder.is_dir():
@@ -111,6 +114,16 @@ def find_products(layout) -> dict:
     return found
 
 
+def _night_areas(layout) -> list:
+    """The shared calibration areas (one per observing night) under the data root."""
+    calibrations = layout.folder("calibrations")
+    if not calibrations.is_dir():
+        return []
+    nights = sorted(path.name for path in calibrations.iterdir() if path.is_dir() and len(path.name) == 10
+                    and path.name[4] == "-")
+    return [layout.night_layout(night) for night in nights]
+
+
 def _tag_of_name(name: str, tags) -> str:
     """The longest tag that ``name`` starts with, followed by ``_``, ``-`` or ``.`` ('' if none)."""
     matches = [tag for tag in tags if name.startswith(tag) and name[len(tag):len(tag) + 1] in ("_", ".", "-")]
@@ -119,7 +132,8 @@ def _tag_of_name(name: str, tags) -> str:
 
 def _partner(product: ProductFile, kind: _FigureKind, layout) -> Path | None:
     """The product of tag ``kind.partner`` named like ``product`` (same label and IFU), if it exists."""
-    folder = layout.master_folder(kind.partner_folder[1]) if kind.partner_folder else product.path.parent
+    # Masters sit in Master/<Kind>/ of their area (the pointing or a night): the partner is beside.
+    folder = product.path.parent.parent / kind.partner_folder[1] if kind.partner_folder else product.path.parent
     candidate = folder / (kind.partner + product.path.name[len(product.tag):])
     return candidate if candidate.is_file() else None
 
