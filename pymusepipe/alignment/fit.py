@@ -160,6 +160,48 @@ def _robust_sigma(values):
     return 1.4826 * np.median(np.abs(values - median))
 
 
+def _clip_outliers(residual, signal, clip_sigma, n_bins=20):
+    """Pixels to keep: residuals within ``clip_sigma`` of a scatter that grows with the signal.
+
+    On bright fields the residuals are dominated by what no model of two images captures exactly (PSF
+    wings, sampling): they grow in proportion to the signal and are far above the noise. A single robust
+    sigma, set by the many faint pixels, would clip every bright star core or galaxy centre, leaving the
+    flux scale to faint wings where PSF differences weigh most. The scatter is therefore modelled as
+    ``sigma**2 = noise**2 + (epsilon * signal)**2``, fitted (non-negative least squares) to robust sigmas in
+    quantile bins of the signal; cosmic rays and moving sources still stand out at their own level.
+
+    Parameters
+    ----------
+    residual, signal : numpy.ndarray
+        Residual (data - model) and model signal above the background, per pixel.
+    clip_sigma : float
+        Threshold in units of the modelled scatter.
+    n_bins : int, optional
+        Quantile bins of the signal.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    centred = residual - np.median(residual)
+    order = np.argsort(signal)
+    levels, sigmas = [], []
+    for chunk in np.array_split(order, min(n_bins, max(order.size // 50, 1))):
+        if chunk.size >= 10:
+            levels.append(np.median(np.abs(signal[chunk])))
+            sigmas.append(_robust_sigma(centred[chunk]))
+    levels, sigmas = np.asarray(levels), np.asarray(sigmas)
+    noise = np.min(sigmas) if sigmas.size else _robust_sigma(centred)
+    if sigmas.size >= 3:
+        design = np.column_stack([np.ones_like(levels), levels ** 2])
+        (noise2, epsilon2), _ = optimize.nnls(design, sigmas ** 2)
+        noise = np.sqrt(max(noise2, np.min(sigmas) ** 2))
+    else:
+        epsilon2 = 0.0
+    scatter = np.sqrt(noise ** 2 + epsilon2 * signal ** 2)
+    return np.abs(centred) < clip_sigma * scatter
+
+
 def _residual_correlation_factor(residual_image, valid, max_lag=4):
     """Variance inflation for spatially correlated residuals: sum of the normalised autocorrelation."""
     field_values = np.where(valid, residual_image, 0.0)
@@ -198,7 +240,8 @@ class _MatchedPair:
         if not self.overlaps:
             return
         # work on the part of the reference that the MUSE field can reach, plus blur margins
-        margin = int(np.ceil(max_shift / reference.pixel_scale + 4.0 / reference.pixel_scale + 6))
+        # (the widest flux-kernel Gaussian, FLUX_KERNEL_SIGMAS[-1], reaches ~3 sigma = 9")
+        margin = int(np.ceil((max_shift + 10.0) / reference.pixel_scale + 6))
         x0 = max(int(np.floor(ref_x[inside].min())) - margin, 0)
         x1 = min(int(np.ceil(ref_x[inside].max())) + margin + 1, ref_nx)
         y0 = max(int(np.floor(ref_y[inside].min())) - margin, 0)
@@ -230,6 +273,7 @@ class _MatchedPair:
         self.spline_gx = ndimage.spline_filter(grad_x, order=3)
         self.spline_gy = ndimage.spline_filter(grad_y, order=3)
         self.ref_valid = ref_valid
+        self.ref_filled = filled
         # pixels whose reference position stays >= ~1" inside the valid reference during the fit
         pad = int(np.ceil(1.0 / self.reference.pixel_scale)) + 2
         self.ref_valid_padded = ndimage.binary_erosion(ref_valid, iterations=pad, border_value=0).astype(np.uint8)
@@ -249,10 +293,28 @@ class _MatchedPair:
         inside = ndimage.map_coordinates(lookup, [qy, qx], order=0, mode="constant", cval=0).astype(bool)
         return self.valid & inside
 
+    def coordinates(self, used, params):
+        """Reference pixel coordinates (x, y) of the MUSE pixels of ``used`` for the model parameters."""
+        px, py = _valid_pixel_grid(used)
+        dx, dy = px - self.centre[0], py - self.centre[1]
+        jac = self.jacobian
+        theta = params[4] if self.fit_rotation else 0.0
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        move_x = params[0] + (cos_t - 1) * dx - sin_t * dy
+        move_y = params[1] + sin_t * dx + (cos_t - 1) * dy
+        return (self.qx0[used] + jac[0, 0] * move_x + jac[0, 1] * move_y,
+                self.qy0[used] + jac[1, 0] * move_x + jac[1, 1] * move_y)
+
+    def blurred_reference_values(self, used, params, sigma_arcsec):
+        """The matched reference blurred further by a Gaussian of ``sigma_arcsec``, at the pixels of ``used``."""
+        blurred = ndimage.gaussian_filter(self.ref_filled, sigma_arcsec / self.reference.pixel_scale,
+                                          mode="nearest", truncate=4.0)
+        qx, qy = self.coordinates(used, params)
+        return ndimage.map_coordinates(blurred, [qy, qx], order=3, mode="nearest")
+
     def problem(self, used):
         """Residual and Jacobian functions of the model on the pixels of ``used``."""
         px, py = _valid_pixel_grid(used)
-        base_x, base_y = self.qx0[used], self.qy0[used]
         dx, dy = px - self.centre[0], py - self.centre[1]
         data = self.muse_data[used]
         jac = self.jacobian
@@ -260,12 +322,7 @@ class _MatchedPair:
         cache = {}
 
         def coordinates(params):
-            theta = params[4] if fit_rotation else 0.0
-            cos_t, sin_t = np.cos(theta), np.sin(theta)
-            move_x = params[0] + (cos_t - 1) * dx - sin_t * dy
-            move_y = params[1] + sin_t * dx + (cos_t - 1) * dy
-            return (base_x + jac[0, 0] * move_x + jac[0, 1] * move_y,
-                    base_y + jac[1, 0] * move_x + jac[1, 1] * move_y)
+            return self.coordinates(used, params)
 
         def sample(params, with_gradient):
             # least_squares asks for residuals and Jacobian at the same point: sample the spline once
@@ -354,9 +411,40 @@ def _smoothed_scale(pair, used, params, smoothing_fwhm, fallback):
     return float(scale), float(background)
 
 
+#: Extra Gaussian blurs (sigma, arcsec) of the matched reference whose free linear combination models what
+#: a single Gaussian blur cannot match (PSF wings, pixel and interpolation kernels); 0 = the matched image.
+FLUX_KERNEL_SIGMAS = (0.0, 0.25, 0.6, 1.2, 2.4)
+
+
+def _kernel_scale(pair, used, params, fallback, sigmas=FLUX_KERNEL_SIGMAS):
+    """Flux scale and background with a free matching kernel: ``MUSE = sum_j c_j (G_j * R) + b``.
+
+    Each ``G_j`` has unit integral, so the total flux ratio is ``a = sum_j c_j`` whatever the kernel's shape:
+    the kernel absorbs the PSF differences a Gaussian blur leaves (Moffat wings of different indices give
+    1-4 % scale errors after Gaussian matching), and the fit still uses every pixel at full resolution. It
+    is linear in (c_j, b), so it is solved directly at the fitted offset (Alard & Lupton 1998 fit a kernel
+    the same way for image subtraction).
+
+    Returns
+    -------
+    scale, background : float
+        ``fallback`` if the system is degenerate.
+    """
+    data = pair.muse_data[used]
+    columns = [pair.blurred_reference_values(used, params, sigma) if sigma > 0 else
+               pair.problem(used)[3](params) for sigma in sigmas]
+    design = np.column_stack(columns + [np.ones(data.size)])
+    if design.shape[0] < 10 * design.shape[1] or not np.all(np.isfinite(design)):
+        return fallback
+    coefficients, _, rank, _ = np.linalg.lstsq(design, data, rcond=None)
+    if rank < design.shape[1]:
+        return fallback
+    return float(np.sum(coefficients[:-1])), float(coefficients[-1])
+
+
 def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_shift=6.0, fit_rotation=False,
                   min_pixels=500, max_offset_error=0.05, min_scale_snr=10.0, clip_sigma=5.0, flux_smoothing=4.0,
-                  sampling_blur=0.8, keep_images=False):
+                  sampling_blur=0.8, flux_method="kernel", keep_images=False):
     """Fit offset, flux scale, background (and optionally a small rotation) of one MUSE image.
 
     Parameters
@@ -465,9 +553,9 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
             fitted = pair.solve(pair.pixel_set(shift) & sparse, fitted.x)
         used = pair.pixel_set(fitted.x[:2])
         if clip_sigma and clip_sigma > 0:
-            residual = pair.problem(used)[0](fitted.x)  # residuals on all pixels
-            sigma = _robust_sigma(residual)
-            keep = np.abs(residual - np.median(residual)) < clip_sigma * sigma
+            residuals_of, _, _, reference_of = pair.problem(used)
+            residual = residuals_of(fitted.x)  # residuals on all pixels
+            keep = _clip_outliers(residual, fitted.x[2] * reference_of(fitted.x), clip_sigma)
             if keep.sum() >= max(min_pixels, 2 * n_params):
                 clipped = np.zeros_like(used)
                 clipped[used] = keep
@@ -496,7 +584,9 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
 
     shift = params[:2]
     scale, background = params[2], params[3]
-    if flux_smoothing and flux_smoothing > 0 and np.isfinite(scale) and scale != 0:
+    if flux_method == "kernel" and np.isfinite(scale) and scale != 0:
+        scale, background = _kernel_scale(pair, used, params, (scale, background))
+    elif flux_method == "smoothed" and flux_smoothing and flux_smoothing > 0 and np.isfinite(scale) and scale != 0:
         scale, background = _smoothed_scale(pair, used, params, flux_smoothing, (scale, background))
     # offsets in the sky: measured (header) position minus true position of the central pixel
     header_world = np.array(muse.wcs.pixel_to_world_values(centre[0], centre[1]), dtype=float)
