@@ -268,15 +268,26 @@ class _MatchedPair:
             ref_valid = ndimage.binary_erosion(ref_valid, iterations=int(np.ceil(2.5 * ref_sigma)), border_value=0)
         fill = np.nanmedian(ref_image[ref_valid]) if ref_valid.any() else 0.0
         filled = np.where(ref_valid, ref_image, fill)
-        self.spline = ndimage.spline_filter(filled, order=3)
-        grad_y, grad_x = np.gradient(filled)
-        self.spline_gx = ndimage.spline_filter(grad_x, order=3)
-        self.spline_gy = ndimage.spline_filter(grad_y, order=3)
+        self.use_reference_image(filled)
         self.ref_valid = ref_valid
         self.ref_filled = filled
         # pixels whose reference position stays >= ~1" inside the valid reference during the fit
         pad = int(np.ceil(1.0 / self.reference.pixel_scale)) + 2
         self.ref_valid_padded = ndimage.binary_erosion(ref_valid, iterations=pad, border_value=0).astype(np.uint8)
+
+    def use_reference_image(self, image):
+        """Model the MUSE image with ``image`` (reference pixel grid, no NaN): cubic splines of it and its gradient."""
+        self.spline = ndimage.spline_filter(image, order=3)
+        grad_y, grad_x = np.gradient(image)
+        self.spline_gx = ndimage.spline_filter(grad_x, order=3)
+        self.spline_gy = ndimage.spline_filter(grad_y, order=3)
+
+    def blurred_reference(self, sigma_arcsec):
+        """The Gaussian-matched reference (its own grid) blurred further by ``sigma_arcsec``."""
+        if sigma_arcsec <= 0:
+            return self.ref_filled
+        return ndimage.gaussian_filter(self.ref_filled, sigma_arcsec / self.reference.pixel_scale, mode="nearest",
+                                       truncate=4.0)
 
     def shifted_coordinates(self, shift):
         jac = self.jacobian
@@ -307,8 +318,7 @@ class _MatchedPair:
 
     def blurred_reference_values(self, used, params, sigma_arcsec):
         """The matched reference blurred further by a Gaussian of ``sigma_arcsec``, at the pixels of ``used``."""
-        blurred = ndimage.gaussian_filter(self.ref_filled, sigma_arcsec / self.reference.pixel_scale,
-                                          mode="nearest", truncate=4.0)
+        blurred = self.blurred_reference(sigma_arcsec)
         qx, qy = self.coordinates(used, params)
         return ndimage.map_coordinates(blurred, [qy, qx], order=3, mode="nearest")
 
@@ -416,30 +426,29 @@ def _smoothed_scale(pair, used, params, smoothing_fwhm, fallback):
 FLUX_KERNEL_SIGMAS = (0.0, 0.25, 0.6, 1.2, 2.4)
 
 
-def _kernel_scale(pair, used, params, fallback, sigmas=FLUX_KERNEL_SIGMAS):
-    """Flux scale and background with a free matching kernel: ``MUSE = sum_j c_j (G_j * R) + b``.
+def _kernel_coefficients(pair, used, params, sigmas=FLUX_KERNEL_SIGMAS):
+    """Free matching kernel at the fitted offset: ``MUSE = sum_j c_j (G_j * R) + b``, solved linearly.
 
     Each ``G_j`` has unit integral, so the total flux ratio is ``a = sum_j c_j`` whatever the kernel's shape:
     the kernel absorbs the PSF differences a Gaussian blur leaves (Moffat wings of different indices give
-    1-4 % scale errors after Gaussian matching), and the fit still uses every pixel at full resolution. It
-    is linear in (c_j, b), so it is solved directly at the fitted offset (Alard & Lupton 1998 fit a kernel
-    the same way for image subtraction).
+    1-4 % scale errors after Gaussian matching), and the fit still uses every pixel at full resolution
+    (Alard & Lupton 1998 fit an image-subtraction kernel the same way).
 
     Returns
     -------
-    scale, background : float
-        ``fallback`` if the system is degenerate.
+    numpy.ndarray or None
+        ``(c_0, ..., c_J, b)``; None if the system is degenerate.
     """
     data = pair.muse_data[used]
     columns = [pair.blurred_reference_values(used, params, sigma) if sigma > 0 else
                pair.problem(used)[3](params) for sigma in sigmas]
     design = np.column_stack(columns + [np.ones(data.size)])
     if design.shape[0] < 10 * design.shape[1] or not np.all(np.isfinite(design)):
-        return fallback
+        return None
     coefficients, _, rank, _ = np.linalg.lstsq(design, data, rcond=None)
-    if rank < design.shape[1]:
-        return fallback
-    return float(np.sum(coefficients[:-1])), float(coefficients[-1])
+    if rank < design.shape[1] or not np.sum(coefficients[:-1]) > 0:
+        return None
+    return coefficients
 
 
 def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_shift=6.0, fit_rotation=False,
@@ -474,12 +483,16 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
         Pixels with |residual| above this many robust sigmas are dropped after a first fit (cosmic rays,
         saturated or moving stars); 0 disables.
     flux_smoothing : float, optional
-        FWHM (arcsec) of the Gaussian applied to both aligned images before the final flux-scale and
-        background fit, which makes them insensitive to a residual PSF mismatch; 0 keeps the values of the
-        full-resolution fit. Uncertainties are those of the full-resolution fit.
+        FWHM (arcsec) of the Gaussian applied to both aligned images for ``flux_method='smoothed'``.
     sampling_blur : float, optional
         Gaussian sigma, in reference pixels, added to both images after PSF matching (``psf_matching='fit'``)
         so that the reference is well sampled before it is interpolated.
+    flux_method : {"kernel", "smoothed", "none"}, optional
+        "kernel" (default): fit a free matching kernel (a linear combination of Gaussians of unit integral,
+        :data:`FLUX_KERNEL_SIGMAS`) on top of the Gaussian matching, then refit offset, scale and background
+        against the kernel-matched reference: the scale is the total flux ratio whatever the two PSFs'
+        shapes. "smoothed": scale and background from both images smoothed by ``flux_smoothing`` (biased
+        by differing PSF wings). "none": the amplitude of the Gaussian-matched fit.
     keep_images : bool, optional
         Keep the matched images in ``result.images`` (for diagnostics).
 
@@ -490,6 +503,8 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
     """
     if psf_matching not in ("fit", "fwhm", "none"):
         raise ValueError(f"psf_matching={psf_matching!r}: expected 'fit', 'fwhm' or 'none'")
+    if flux_method not in ("kernel", "smoothed", "none"):
+        raise ValueError(f"flux_method={flux_method!r}: expected 'kernel', 'smoothed' or 'none'")
     started = time.perf_counter()
     result = AlignmentResult()
 
@@ -561,6 +576,15 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
                 clipped[used] = keep
                 used = clipped
         fitted = pair.solve(used, fitted.x)
+        if flux_method == "kernel":
+            coefficients = _kernel_coefficients(pair, used, fitted.x)
+            if coefficients is not None:
+                # refit offset, scale and background against the reference convolved with the normalised
+                # kernel: its scale is the total flux ratio, and the offset no longer feels the PSF mismatch
+                total = float(np.sum(coefficients[:-1]))
+                pair.use_reference_image(sum(c * pair.blurred_reference(sigma) for c, sigma in
+                                             zip(coefficients[:-1], FLUX_KERNEL_SIGMAS)) / total)
+                fitted = pair.solve(used, np.r_[fitted.x[:2], total, coefficients[-1], fitted.x[4:]])
     except (ValueError, np.linalg.LinAlgError) as exc:
         return flagged(Quality.NOT_CONVERGED, f"least-squares fit failed: {exc}", used.sum())
 
@@ -584,9 +608,7 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
 
     shift = params[:2]
     scale, background = params[2], params[3]
-    if flux_method == "kernel" and np.isfinite(scale) and scale != 0:
-        scale, background = _kernel_scale(pair, used, params, (scale, background))
-    elif flux_method == "smoothed" and flux_smoothing and flux_smoothing > 0 and np.isfinite(scale) and scale != 0:
+    if flux_method == "smoothed" and flux_smoothing and flux_smoothing > 0 and np.isfinite(scale) and scale != 0:
         scale, background = _smoothed_scale(pair, used, params, flux_smoothing, (scale, background))
     # offsets in the sky: measured (header) position minus true position of the central pixel
     header_world = np.array(muse.wcs.pixel_to_world_values(centre[0], centre[1]), dtype=float)
