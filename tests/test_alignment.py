@@ -78,6 +78,51 @@ def test_psf_matching_from_fwhms_and_reference_in_muse_units(tmp_path):
     assert kernel_only.flux_scale == pytest.approx(truth["flux_scale"], rel=0.005)
 
 
+def test_bright_galaxy_filling_the_field_with_psfs_of_different_wings(tmp_path):
+    """Issue 14: high-S/N extended field, Moffat PSFs of index 2.5 (MUSE) and 3.5 (reference), same FWHM."""
+    rng = np.random.default_rng(3)
+    sky = synthetic.galaxy(RA + 20 / 3600 / COS_DEC, DEC - 30 / 3600, total_flux=3e8, scale_length=30,
+                           n_clumps=300, rng=rng)
+    truth = synthetic.write_muse_image(tmp_path / "muse.fits", sky, centre_ra=RA, centre_dec=DEC,
+                                       pointing_error=(-4.3, 2.0), transparency=0.85, noise=1.0,
+                                       psf=synthetic.moffat_psf(0.8, 2.5), rng=rng)
+    synthetic.write_reference_image(tmp_path / "reference.fits", sky, centre_ra=RA, centre_dec=DEC,
+                                    pixel_scale=0.3, psf=synthetic.moffat_psf(0.8, 3.5), background=2.0,
+                                    noise=0.2, rng=rng)
+    muse, reference = read_muse_image(tmp_path / "muse.fits"), read_reference(tmp_path / "reference.fits")
+    fitted = fit_alignment(muse, reference)
+    assert fitted.quality == 0, fitted.message
+    # noise leaves < 0.01 % on the scale and < 0.001" on the offset here: what remains is the model's
+    assert fitted.flux_scale == pytest.approx(truth["flux_scale"], rel=0.003)
+    assert (fitted.ra_offset - truth["ra_offset"]) * 3600 * COS_DEC == pytest.approx(0, abs=0.005)
+    assert (fitted.dec_offset - truth["dec_offset"]) * 3600 == pytest.approx(0, abs=0.005)
+    # the bright core is not clipped away: a noise-only clip removed 10-15 % of the pixels of such images;
+    # there are no outliers here, so hardly any pixel should go
+    unclipped = fit_alignment(muse, reference, clip_sigma=0)
+    assert fitted.n_pixels > 0.98 * unclipped.n_pixels
+    # a Gaussian blur alone cannot match these wings: its amplitude is off by more than 1 %
+    direct = fit_alignment(muse, reference, flux_method="none")
+    assert abs(direct.flux_scale / truth["flux_scale"] - 1) > 0.01
+
+
+@pytest.mark.parametrize("noise", [0.5, 20.0])
+def test_relative_psf_blur_from_the_cross_power(noise):
+    """The Gaussian that matches the PSF cores, on bright and on faint images (noise power not subtracted)."""
+    from pymusepipe.alignment.psf import fit_relative_blur
+    rng = np.random.default_rng(4)
+    shape = (256, 256)
+    wcs = synthetic.tan_wcs(RA, DEC, shape, 0.2)
+    sky = synthetic.star_field(RA, DEC, 60, radius=24, flux_range=(3e3, 3e4), rng=rng)
+    muse = synthetic.render(sky, wcs, shape, 0.9, 0.2) + rng.normal(0, noise, shape)
+    reference = 0.8 * synthetic.render(sky, wcs, shape, 0.6, 0.2) + rng.normal(0, 0.05, shape)
+    expected = ((0.9 ** 2 - 0.6 ** 2) * synthetic.FWHM_TO_SIGMA ** 2)  # 0.081 arcsec**2 to give the reference
+    # 60 stars of S/N >= 25 (faint case) measure a width to a few per cent: 10 % of t is ~0.5 % of the FWHM
+    assert fit_relative_blur(muse, reference, np.ones(shape, bool), 0.2) == pytest.approx(expected, rel=0.1)
+    # swapped roles: the MUSE image must be blurred instead
+    assert fit_relative_blur(reference / 0.8 + rng.normal(0, noise, shape), muse, np.ones(shape, bool),
+                             0.2) == pytest.approx(-expected, rel=0.1)
+
+
 def test_small_rotation_is_measured(tmp_path):
     rng = np.random.default_rng(3)
     sky = synthetic.star_field(RA, DEC, 40, rng=rng)

@@ -74,7 +74,8 @@ def align_images(images, reference, *, filter_name=None, pivot_wavelength=None, 
     max_shift : float, optional
         Largest offset searched (arcsec).
     fit_rotation : bool, optional
-        Also fit a small rotation (reported; the pipeline cannot apply it).
+        Also fit a small rotation (``rotation`` column, written as ROTANGLE; the OFFSET_LIST cannot apply
+        it: see :func:`~pymusepipe.alignment.rotation.rotate_pixtable`).
     min_pixels, max_offset_error, min_scale_snr : optional
         Quality thresholds, see :func:`~pymusepipe.alignment.fit.fit_alignment`.
     figure_folder : str or path-like, optional

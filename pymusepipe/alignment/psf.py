@@ -3,9 +3,10 @@ their Fourier spectra.
 
 A flux scale fitted by least squares is biased when the two PSFs differ (by ~2 sigma_R**2 / (sigma_M**2 +
 sigma_R**2): 10 % in FWHM gives ~10 % in scale), and PSF FWHMs are rarely known that well. This module
-finds the Gaussian blur that best matches the two images: ``t`` (arcsec**2) is the extra Gaussian
-variance to give the reference (t > 0) or the MUSE image (t < 0). Working on the Fourier transforms of
-the two images, already sampled on the same grid, makes each trial a few array operations.
+finds the Gaussian blur that best matches the cores of the two PSFs: ``t`` (arcsec**2) is the extra
+Gaussian variance to give the reference (t > 0) or the MUSE image (t < 0), from the ratio of cross power
+to reference power in rings of spatial frequency (``log ratio = log a - 2 pi**2 t k**2``). What a Gaussian
+cannot match (wings) is left to the matching kernel of :mod:`pymusepipe.alignment.fit`.
 """
 import logging
 
@@ -44,11 +45,6 @@ def gaussian_blur(image, sigma_pixels):
         return np.where(valid, blurred / weight, np.nan)
 
 
-def _gaussian_transfer(frequency2, variance_pixels):
-    """Fourier transform of a unit-flux Gaussian of the given variance (pixels**2)."""
-    return np.exp(-2.0 * np.pi ** 2 * variance_pixels * frequency2)
-
-
 def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_variance=2.0):
     """Extra Gaussian variance (arcsec**2) that makes the two images' PSFs equal.
 
@@ -61,7 +57,7 @@ def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_var
     pixel_scale : float
         arcsec per pixel of the grid.
     max_variance : float, optional
-        Search range (arcsec**2) on either side of zero.
+        Largest |t| returned (arcsec**2).
 
     Returns
     -------
