@@ -69,9 +69,59 @@ def test_psf_matching_from_fwhms_and_reference_in_muse_units(tmp_path):
     fitted = fit_alignment(muse, reference, muse_fwhm=0.9, psf_matching="fwhm")
     assert fitted.quality == 0
     assert fitted.flux_scale == pytest.approx(truth["flux_scale"], rel=0.003)
-    # without PSF matching (and without the smoothed flux re-fit) the scale is badly biased
-    unmatched = fit_alignment(muse, reference, psf_matching="none", flux_smoothing=0)
+    # without PSF matching a plain least-squares amplitude is badly biased (PSF FWHM 0.9" vs 0.6": ~ -40 %)
+    unmatched = fit_alignment(muse, reference, psf_matching="none", flux_method="none")
     assert abs(unmatched.flux_scale / truth["flux_scale"] - 1) > 0.1
+    # the free matching kernel of the flux fit absorbs most of the PSF difference by itself: 40 stars at
+    # S/N ~ 100 each leave ~0.1 % of noise; the rest is the basis (sigma 0, 0.25, 0.6") approximating the
+    # missing 0.29" Gaussian on its own (measured 0.6 %; with the Gaussian matching it is 0.3 %, above)
+    kernel_only = fit_alignment(muse, reference, psf_matching="none")
+    assert kernel_only.flux_scale == pytest.approx(truth["flux_scale"], rel=0.01)
+
+
+def test_bright_galaxy_filling_the_field_with_psfs_of_different_wings(tmp_path):
+    """Issue 14: high-S/N extended field, Moffat PSFs of index 2.5 (MUSE) and 3.5 (reference), same FWHM."""
+    rng = np.random.default_rng(3)
+    sky = synthetic.galaxy(RA + 20 / 3600 / COS_DEC, DEC - 30 / 3600, total_flux=3e8, scale_length=30,
+                           n_clumps=300, rng=rng)
+    truth = synthetic.write_muse_image(tmp_path / "muse.fits", sky, centre_ra=RA, centre_dec=DEC,
+                                       pointing_error=(-4.3, 2.0), transparency=0.85, noise=1.0,
+                                       psf=synthetic.moffat_psf(0.8, 2.5), rng=rng)
+    synthetic.write_reference_image(tmp_path / "reference.fits", sky, centre_ra=RA, centre_dec=DEC,
+                                    pixel_scale=0.3, psf=synthetic.moffat_psf(0.8, 3.5), background=2.0,
+                                    noise=0.2, rng=rng)
+    muse, reference = read_muse_image(tmp_path / "muse.fits"), read_reference(tmp_path / "reference.fits")
+    fitted = fit_alignment(muse, reference)
+    assert fitted.quality == 0, fitted.message
+    # noise leaves < 0.01 % on the scale and < 0.001" on the offset here: what remains is the model's
+    assert fitted.flux_scale == pytest.approx(truth["flux_scale"], rel=0.003)
+    assert (fitted.ra_offset - truth["ra_offset"]) * 3600 * COS_DEC == pytest.approx(0, abs=0.005)
+    assert (fitted.dec_offset - truth["dec_offset"]) * 3600 == pytest.approx(0, abs=0.005)
+    # the bright core is not clipped away: a noise-only clip removed 10-15 % of the pixels of such images;
+    # there are no outliers here, so hardly any pixel should go
+    unclipped = fit_alignment(muse, reference, clip_sigma=0)
+    assert fitted.n_pixels > 0.98 * unclipped.n_pixels
+    # a Gaussian blur alone cannot match these wings: its amplitude is off by more than 1 %
+    direct = fit_alignment(muse, reference, flux_method="none")
+    assert abs(direct.flux_scale / truth["flux_scale"] - 1) > 0.01
+
+
+@pytest.mark.parametrize("noise", [0.5, 20.0])
+def test_relative_psf_blur_from_the_cross_power(noise):
+    """The Gaussian that matches the PSF cores, on bright and on faint images (noise power not subtracted)."""
+    from pymusepipe.alignment.psf import fit_relative_blur
+    rng = np.random.default_rng(4)
+    shape = (256, 256)
+    wcs = synthetic.tan_wcs(RA, DEC, shape, 0.2)
+    sky = synthetic.star_field(RA, DEC, 60, radius=24, flux_range=(3e3, 3e4), rng=rng)
+    muse = synthetic.render(sky, wcs, shape, 0.9, 0.2) + rng.normal(0, noise, shape)
+    reference = 0.8 * synthetic.render(sky, wcs, shape, 0.6, 0.2) + rng.normal(0, 0.05, shape)
+    expected = ((0.9 ** 2 - 0.6 ** 2) * synthetic.FWHM_TO_SIGMA ** 2)  # 0.081 arcsec**2 to give the reference
+    # 60 stars of S/N >= 25 (faint case) measure a width to a few per cent: 10 % of t is ~0.5 % of the FWHM
+    assert fit_relative_blur(muse, reference, np.ones(shape, bool), 0.2) == pytest.approx(expected, rel=0.1)
+    # swapped roles: the MUSE image must be blurred instead
+    assert fit_relative_blur(reference / 0.8 + rng.normal(0, noise, shape), muse, np.ones(shape, bool),
+                             0.2) == pytest.approx(-expected, rel=0.1)
 
 
 def test_small_rotation_is_measured(tmp_path):
@@ -171,11 +221,44 @@ def test_flagged_images_are_written_unmoved_and_unscaled(tmp_path):
                        date_obs=["2023-02-25T02:24:00.000", "2023-02-25T02:52:48.000"], mjd_obs=[60000.1, 60000.12],
                        ra_offset=[1e-4, 5e-4], dec_offset=[-1e-4, 5e-4], flux_scale=[1.1, 3.0],
                        quality=[0, int(Quality.NO_SIGNAL)]))
-    written = write_alignment_offset_list(table, tmp_path / "o.fits")
-    assert written["RA_OFFSET"][0] == pytest.approx(1e-4)
-    assert np.isnan(written["RA_OFFSET"][1]) and np.isnan(written["FLUX_SCALE"][1])
+    write_alignment_offset_list(table, tmp_path / "o.fits")
+    written = read_offset_list(tmp_path / "o.fits")  # validated again on reading
+    assert written["RA_OFFSET"][0] == pytest.approx(1e-4) and written["FLUX_SCALE"][0] == pytest.approx(1.1)
+    # the flagged exposure: finite zero offsets (left unmoved), no scaling, its flag kept for the record
+    assert written["RA_OFFSET"][1] == 0.0 and written["DEC_OFFSET"][1] == 0.0
+    assert np.isnan(written["FLUX_SCALE"][1])
+    assert list(written["QUALITY"]) == [0, int(Quality.NO_SIGNAL)]
+    with fits.open(tmp_path / "o.fits") as hdul:
+        assert hdul[1].columns["RA_OFFSET"].format == "D" and hdul[1].columns["DATE_OBS"].format == "23A"
     kept = write_alignment_offset_list(table, tmp_path / "k.fits", keep_flagged=True)
     assert kept["FLUX_SCALE"][1] == pytest.approx(3.0)
+    # a bad scale alone keeps the offsets
+    table["quality"][1] = int(Quality.BAD_SCALE)
+    scale_only = write_alignment_offset_list(table, tmp_path / "s.fits")
+    assert scale_only["RA_OFFSET"][1] == pytest.approx(5e-4) and np.isnan(scale_only["FLUX_SCALE"][1])
+
+
+def test_command_writes_every_row_and_exits_3_when_an_image_is_flagged(tmp_path, caplog):
+    muse_path, reference_path, truth = _pair(tmp_path)
+    hopeless_path, _, _ = _pair(tmp_path, noise=1e4, name="hopeless", mjd=60000.13)
+    parser = command.add_arguments(argparse.ArgumentParser())
+    output = tmp_path / "OFFSET_LIST.fits"
+    args = parser.parse_args([str(muse_path), str(hopeless_path), "--reference", str(reference_path),
+                              "--output", str(output)])
+    assert command.run(args) == command.EXIT_FLAGGED == 3
+    assert "hopeless.fits" in caplog.text  # the warning names the image
+    offsets = read_offset_list(output)
+    assert offsets["RA_OFFSET"][0] == pytest.approx(truth["ra_offset"], abs=0.002 / 3600)
+    assert offsets["QUALITY"][0] == 0 and offsets["QUALITY"][1] != 0
+    assert offsets["RA_OFFSET"][1] == 0.0 and np.isnan(offsets["FLUX_SCALE"][1])
+    # usage errors are argparse's (2); an unreadable input is an error (1); the help lists the codes
+    with pytest.raises(SystemExit) as usage:
+        parser.parse_args(["--output", str(output)])
+    assert usage.value.code == 2
+    missing = parser.parse_args([str(muse_path), "--reference", str(tmp_path / "none.fits"), "--output",
+                                 str(output)])
+    assert command.run(missing) == 1
+    assert "exit status" in parser.format_help() and "3  OFFSET_LIST written" in parser.format_help()
 
 
 def test_hst_count_rates_are_calibrated_with_photflam(tmp_path):

@@ -183,3 +183,67 @@ def test_merge_with_a_real_muse_exp_align_table(tmp_path):
         assert (row["RA_OFFSET"] - truth["ra_offset"]) * 3600 * COS_DEC == pytest.approx(0, abs=0.01)
         assert (row["DEC_OFFSET"] - truth["dec_offset"]) * 3600 == pytest.approx(0, abs=0.01)
     assert list(merged["SOURCE"]) == ["relative+anchor", "relative+anchor"]
+
+
+@pytest.mark.skipif(shutil.which("esorex") is None, reason="esorex not installed")
+def test_rotation_applied_through_posang_lands_the_exposure_right(tmp_path):
+    """A rotated exposure, measured by align_images and corrected by rotate_pixtable, lands on the truth."""
+    from pymusepipe.alignment import rotate_pixtable, write_alignment_offset_list
+    from pymusepipe.alignment.rotation import ORIGINAL_POSANG_KEYWORD, POSANG_KEYWORD, PixtableRotationError
+    from pymusepipe.alignment.synthetic import SkyComponent, write_reference_image
+
+    rotation_deg = 0.6   # the instrument is turned by this much more than its header says
+    rng = np.random.default_rng(5)
+    stars = [PointSource(RA + rng.uniform(-27, 27) / 3600 / COS_DEC, DEC + rng.uniform(-27, 27) / 3600,
+                         10 ** rng.uniform(3, 4)) for _ in range(40)]
+    # spaxel v sees the sky at R(rotation) v, so a star at sky offset u falls on spaxel R(-rotation) u
+    angle = np.deg2rad(-rotation_deg)
+    seen = []
+    for star in stars:
+        east, north = (star.ra - RA) * COS_DEC * 3600, (star.dec - DEC) * 3600
+        east, north = east * np.cos(angle) - north * np.sin(angle), east * np.sin(angle) + north * np.cos(angle)
+        seen.append(PointSource(RA + east / 3600 / COS_DEC, DEC + north / 3600, star.flux))
+    calibrations = {"EXTINCT_TABLE": tmp_path / "extinct_table.fits", "STD_RESPONSE": tmp_path / "std_response.fits",
+                    "ASTROMETRY_WCS": tmp_path / "astrometry_wcs.fits", "FILTER_LIST": tmp_path / "filter_list.fits"}
+    calibkit.write_extinct_table(calibrations["EXTINCT_TABLE"])
+    calibkit.write_filter_list(calibrations["FILTER_LIST"])
+    calibkit.write_astrometry_wcs(calibrations["ASTROMETRY_WCS"], InstrumentModel())
+    write_std_response(calibrations["STD_RESPONSE"])
+    pixtable = tmp_path / "pixtable_rotated.fits"
+    date_obs = write_pixtable_object(pixtable, seen, header_ra=RA, header_dec=DEC, true_ra=RA, true_dec=DEC,
+                                     mjd_obs=60000.2, wavelengths=WAVELENGTHS, seed=3)
+    image, _ = _scipost(tmp_path, "scipost_rotated", pixtable, calibrations)
+    write_reference_image(tmp_path / "reference.fits", [SkyComponent(s.ra, s.dec, s.flux) for s in stars],
+                          centre_ra=RA, centre_dec=DEC, pixel_scale=0.3, fwhm=0.8, unit="muse", noise=0.05,
+                          rng=rng)
+
+    table = align_images([image], tmp_path / "reference.fits", pivot_wavelength=PIVOT, fit_rotation=True)
+    measured = float(table["rotation"][0])
+    assert table["quality"][0] == 0, table["message"][0]
+    # 40 stars over 54": the angle is known to ~0.005 deg; the pipeline's resampling adds ~0.1 pixel
+    assert abs(measured) == pytest.approx(rotation_deg, abs=0.02)
+    before = _star_positions_error(image, stars)  # median offset: rotation about the centre averages out
+
+    # the OFFSET_LIST with a ROTANGLE column is still accepted by the recipe
+    offset_list = tmp_path / "OFFSET_LIST.fits"
+    written = write_alignment_offset_list(table, offset_list, expected_date_obs=[date_obs])
+    assert written["ROTANGLE"][0] == pytest.approx(measured)
+    # idempotent: applying the same rotation twice gives the same header; the original is kept
+    first = rotate_pixtable(pixtable, measured)
+    second = rotate_pixtable(pixtable, measured)
+    assert first == second
+    with fits.open(pixtable) as hdul:
+        assert hdul[0].header[ORIGINAL_POSANG_KEYWORD] == 0.0
+        assert hdul[0].header[POSANG_KEYWORD] == pytest.approx(second)
+    corrected, log = _scipost(tmp_path, "scipost_rotation_corrected", pixtable, calibrations, offset_list)
+    assert "without offset and flux scales" not in log
+    again = align_images([corrected], tmp_path / "reference.fits", pivot_wavelength=PIVOT, fit_rotation=True)[0]
+    # the rotation is gone (a wrong sign would leave twice the angle) and the stars sit on their true places
+    assert abs(again["rotation"]) < 0.05 * rotation_deg
+    assert abs(again["ra_offset_arcsec"]) < 0.03 and abs(again["dec_offset_arcsec"]) < 0.03
+    outer = [s for s in stars if np.hypot((s.ra - RA) * COS_DEC, s.dec - DEC) * 3600 > 15]
+    assert np.hypot(*_star_positions_error(corrected, outer)) * 0.2 < 0.05
+    assert np.hypot(*before) * 0.2 < 0.1
+    # never a raw file, never a table already projected on the sky
+    with pytest.raises(PixtableRotationError, match="not a MUSE pixel table"):
+        rotate_pixtable(tmp_path / "reference.fits", 0.1)

@@ -74,7 +74,8 @@ def align_images(images, reference, *, filter_name=None, pivot_wavelength=None, 
     max_shift : float, optional
         Largest offset searched (arcsec).
     fit_rotation : bool, optional
-        Also fit a small rotation (reported; the pipeline cannot apply it).
+        Also fit a small rotation (``rotation`` column, written as ROTANGLE; the OFFSET_LIST cannot apply
+        it: see :func:`~pymusepipe.alignment.rotation.rotate_pixtable`).
     min_pixels, max_offset_error, min_scale_snr : optional
         Quality thresholds, see :func:`~pymusepipe.alignment.fit.fit_alignment`.
     figure_folder : str or path-like, optional
@@ -130,8 +131,21 @@ def align_images(images, reference, *, filter_name=None, pivot_wavelength=None, 
     return table
 
 
+#: Quality bits that make an offset unusable: such an exposure is written unmoved (offsets 0).
+OFFSET_UNUSABLE = (Quality.FEW_PIXELS | Quality.NO_SIGNAL | Quality.LARGE_ERROR | Quality.OUTSIDE_SEARCH
+                   | Quality.NOT_CONVERGED | Quality.GUESS_DISAGREES)
+#: Quality bits that make a flux scale unusable: written as NaN (the pipeline then does not scale).
+SCALE_UNUSABLE = OFFSET_UNUSABLE | Quality.BAD_SCALE
+
+
 def write_alignment_offset_list(table, path, *, keep_flagged=False, **write_options):
-    """Write the OFFSET_LIST of an :func:`align_images` table, leaving doubtful images untouched.
+    """Write the OFFSET_LIST of an :func:`align_images` table; flagged images are written unmoved.
+
+    Every image gets a row, so the recipes read the table and apply the other images' offsets. A flagged
+    image (``quality`` != 0) keeps its ``QUALITY`` bits (a column the recipes ignore) and gets
+    ``RA_OFFSET = DEC_OFFSET = 0`` (finite, so every reader takes the row, and the pipeline leaves the
+    exposure where its header puts it) and ``FLUX_SCALE = NaN`` (the pipeline does not scale it, as for
+    muse_exp_align's tables). Only a ``BAD_SCALE`` flag keeps the offsets.
 
     Parameters
     ----------
@@ -140,8 +154,7 @@ def write_alignment_offset_list(table, path, *, keep_flagged=False, **write_opti
     path : str or path-like
         OFFSET_LIST to write.
     keep_flagged : bool, optional
-        Also write the offsets and scales of flagged images. By default they get NaN, which the pipeline
-        reads as "do not move, do not scale" for that exposure.
+        Write the measured offsets and scales of flagged images too (their ``QUALITY`` is still written).
     **write_options
         Passed to :func:`~pymusepipe.alignment.offset_list.write_offset_list` (e.g. ``expected_date_obs``).
 
@@ -153,13 +166,21 @@ def write_alignment_offset_list(table, path, *, keep_flagged=False, **write_opti
     from .offset_list import write_offset_list
 
     offsets = table.copy()
-    flagged = np.asarray(offsets["quality"]) != 0
+    quality = np.asarray(offsets["quality"], dtype=int)
+    flagged = quality != 0
     if flagged.any() and not keep_flagged:
-        for name in ("ra_offset", "dec_offset", "flux_scale"):
-            offsets[name][flagged] = np.nan
-        logger.warning("%d flagged image(s) written without offset and scale: %s", int(flagged.sum()),
-                       ", ".join(str(name) for name in offsets["filename"][flagged]))
+        unmoved = (quality & int(OFFSET_UNUSABLE)) != 0
+        unscaled = (quality & int(SCALE_UNUSABLE)) != 0
+        for name in ("ra_offset", "dec_offset", "ra_offset_err", "dec_offset_err"):
+            if name in offsets.colnames:
+                offsets[name][unmoved] = 0.0 if not name.endswith("_err") else np.nan
+        offsets["flux_scale"][unscaled] = np.nan
+        for index in np.flatnonzero(flagged):
+            row = offsets[index]
+            flags = Quality.describe(row["quality"])
+            logger.warning("%s (DATE-OBS %s) could not be aligned (%s): written %s", row["filename"],
+                           row["date_obs"], flags, "unmoved and unscaled" if unmoved[index] else "unscaled")
     return write_offset_list(offsets, path, **write_options)
 
 
-__all__ = ["align_images", "write_alignment_offset_list", "AlignmentResult"]
+__all__ = ["align_images", "write_alignment_offset_list", "AlignmentResult", "OFFSET_UNUSABLE", "SCALE_UNUSABLE"]

@@ -3,14 +3,15 @@ their Fourier spectra.
 
 A flux scale fitted by least squares is biased when the two PSFs differ (by ~2 sigma_R**2 / (sigma_M**2 +
 sigma_R**2): 10 % in FWHM gives ~10 % in scale), and PSF FWHMs are rarely known that well. This module
-finds the Gaussian blur that best matches the two images: ``t`` (arcsec**2) is the extra Gaussian
-variance to give the reference (t > 0) or the MUSE image (t < 0). Working on the Fourier transforms of
-the two images, already sampled on the same grid, makes each trial a few array operations.
+finds the Gaussian blur that best matches the cores of the two PSFs: ``t`` (arcsec**2) is the extra
+Gaussian variance to give the reference (t > 0) or the MUSE image (t < 0), from the ratio of cross power
+to reference power in rings of spatial frequency (``log ratio = log a - 2 pi**2 t k**2``). What a Gaussian
+cannot match (wings) is left to the matching kernel of :mod:`pymusepipe.alignment.fit`.
 """
 import logging
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ def gaussian_blur(image, sigma_pixels):
         return np.where(valid, blurred / weight, np.nan)
 
 
-def _gaussian_transfer(frequency2, variance_pixels):
-    """Fourier transform of a unit-flux Gaussian of the given variance (pixels**2)."""
-    return np.exp(-2.0 * np.pi ** 2 * variance_pixels * frequency2)
-
-
 def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_variance=2.0):
     """Extra Gaussian variance (arcsec**2) that makes the two images' PSFs equal.
 
@@ -61,7 +57,7 @@ def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_var
     pixel_scale : float
         arcsec per pixel of the grid.
     max_variance : float, optional
-        Search range (arcsec**2) on either side of zero.
+        Largest |t| returned (arcsec**2).
 
     Returns
     -------
@@ -81,9 +77,8 @@ def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_var
     noise_power = float(np.median(np.abs(muse_spectrum[high]) ** 2)) / np.log(2) if high.any() else 1.0
     variance_scale = 1.0 / pixel_scale ** 2
 
-    # the misfit only needs power sums weighted by functions of |k|**2: bin them once in |k|**2 so that each
-    # trial costs a few hundred operations instead of a full-size array
-    edges = np.linspace(0.0, frequency2.max() * (1 + 1e-9), 513)
+    # power sums in rings of |k|**2: every statistic below is a sum over modes of similar frequency
+    edges = np.linspace(0.0, frequency2.max() * (1 + 1e-9), 257)
     bin_index = np.digitize(frequency2.ravel(), edges) - 1
 
     def binned(values):
@@ -91,28 +86,26 @@ def fit_relative_blur(muse_image, reference_image, mask, pixel_scale, *, max_var
 
     counts = binned(np.ones_like(frequency2))
     bin_frequency2 = binned(frequency2) / np.maximum(counts, 1.0)
-    muse_power = binned(np.abs(muse_spectrum) ** 2)
     reference_power = binned(np.abs(reference_spectrum) ** 2)
     cross_power = binned((muse_spectrum * np.conj(reference_spectrum)).real)
-    frequency2 = bin_frequency2
-
-    def normalised_misfit(t):
-        transfer_muse = _gaussian_transfer(frequency2, max(-t, 0.0) * variance_scale)
-        transfer_ref = _gaussian_transfer(frequency2, max(t, 0.0) * variance_scale)
-        muse_muse = np.sum(transfer_muse ** 2 * muse_power)
-        ref_ref = max(np.sum(transfer_ref ** 2 * reference_power), 1e-300)
-        muse_ref = np.sum(transfer_muse * transfer_ref * cross_power)
-        # residual power of the best scaled match: |M|^2 - (M.R)^2 / |R|^2
-        residual_power = muse_muse - muse_ref ** 2 / ref_ref
-        # minus what pure MUSE noise leaves after the same blur: what remains is the signal mismatch, zero
-        # at the right blur (dividing by the noise instead would penalise blurring the MUSE image)
-        return (residual_power - noise_power * np.sum(counts * transfer_muse ** 2)) / noise_power
-
-    # the misfit has a kink at t = 0 (which image is blurred changes): scan a grid, then refine locally
-    grid = np.linspace(-max_variance, max_variance, 81)
-    best = grid[int(np.argmin([normalised_misfit(t) for t in grid]))]
-    step = grid[1] - grid[0]
-    solution = optimize.minimize_scalar(normalised_misfit, bounds=(best - step, best + step), method="bounded",
-                                        options={"xatol": 2e-4})
-    logger.debug("relative PSF blur t = %.4f arcsec^2 (misfit %.3g)", solution.x, solution.fun)
-    return float(solution.x)
+    reference_noise = float(np.median(np.abs(reference_spectrum[high]) ** 2)) / np.log(2) if high.any() else 0.0
+    # Per ring, cross / reference power = a * T_muse(k) / T_ref(k): MUSE noise averages out of the cross
+    # power instead of having to be subtracted (an error of 1 % in a subtracted noise power outweighs the
+    # whole signal mismatch of a faint image and drove earlier estimates to the edge of the search range).
+    signal_power = reference_power - reference_noise * counts
+    # variance of the ring's cross power: MUSE noise x reference power (+ reference noise x MUSE signal)
+    cross_variance = noise_power * np.maximum(reference_power, 1e-300)
+    snr = cross_power / np.sqrt(cross_variance)
+    usable = (counts > 0) & (bin_frequency2 > 0) & (signal_power > 0) & (cross_power > 0) & (snr > 5.0)
+    if usable.sum() < 3:
+        logger.debug("relative PSF blur: too little signal (%d usable rings); no matching", usable.sum())
+        return 0.0
+    log_ratio = np.log(cross_power[usable] / signal_power[usable])
+    # d log ratio / d k**2 = -2 pi**2 t (Gaussian blurs); weights = S/N**2 of each ring's log ratio
+    weights = snr[usable] ** 2
+    design = np.column_stack([np.ones(usable.sum()), -2.0 * np.pi ** 2 * bin_frequency2[usable]])
+    sqrt_w = np.sqrt(weights)
+    (_, t_pixels), *_ = np.linalg.lstsq(design * sqrt_w[:, None], log_ratio * sqrt_w, rcond=None)
+    t = float(np.clip(t_pixels / variance_scale, -max_variance, max_variance))
+    logger.debug("relative PSF blur t = %.4f arcsec^2 from %d rings", t, usable.sum())
+    return t
