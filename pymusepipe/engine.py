@@ -154,6 +154,10 @@ class StepReport:
     def ok(self) -> bool:
         return not self.failed
 
+    def of_jobs(self, jobs) -> "StepReport":
+        """The report of some of the jobs (e.g. one step's, in one pointing)."""
+        return StepReport(list(jobs), {job.name: self.results[job.name] for job in jobs if job.name in self.results})
+
     def for_step(self, step: str) -> "StepReport":
         jobs = [job for job in self.jobs if job.step == step]
         return StepReport(jobs, {job.name: self.results[job.name] for job in jobs if job.name in self.results})

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 __all__ = ["DEFAULT_FOLDERS", "TARGET_FOLDERS", "ROOT_FOLDERS", "AreaLayout", "PointingLayout", "NightLayout",
+           "TargetLayout",
            "pointing_folder_name", "relative_to_root", "resolve_from_root"]
 
 #: Default folder names (layout key -> folder name), as in the original pymusepipe.
@@ -202,6 +203,45 @@ class PointingLayout(AreaLayout):
     def shared_calibration_raw(self) -> Path:
         """``<root>/Calibrations/Raw``: raw calibration frames shared by every target (may not exist)."""
         return self.folder("calibrations") / self.names["raw"]
+
+
+class TargetLayout(AreaLayout):
+    """The target-level area: ``<root>/<target>/Combined/`` holds the mosaic (cubes and images directly inside,
+    the working folders ``Sof``, ``Esorex_log``, ``Pipe_products``, ``Astro_Tables``, ``Log``, ``Figures``
+    below it), ``<root>/<target>/Alignment/`` the alignment to the reference image and the target OFFSET_LIST.
+    """
+
+    kind = "target"
+
+    def __init__(self, root, target, *, folders=None):
+        if not target or "/" in str(target):
+            raise ValueError(f"targetname={target!r}: expected a folder name under the data root")
+        self.target = str(target)
+        root = Path(root).absolute()
+        names = {**DEFAULT_FOLDERS, **dict(folders or {})}
+        super().__init__(root, root / self.target / names["combined"], f"{self.target} (target)", folders=folders)
+
+    @property
+    def target_dir(self) -> Path:
+        return self.root / self.target
+
+    def _base_of(self, key: str) -> Path:
+        if key == "alignment":
+            return self.target_dir
+        return super()._base_of(key)
+
+    def folder(self, key: str, create: bool = False) -> Path:
+        # The mosaic's cubes and images sit in Combined/ itself.
+        if key in ("object", "combined"):
+            path = self.base_dir
+            if create:
+                path.mkdir(parents=True, exist_ok=True)
+            return path
+        return super().folder(key, create)
+
+    def pointing_layout(self, pointing: int, str_pointing="P", ndigits=2) -> PointingLayout:
+        return PointingLayout(self.root, self.target, pointing, str_pointing=str_pointing, ndigits=ndigits,
+                              folders=self._renamed())
 
 
 class NightLayout(AreaLayout):

@@ -108,6 +108,9 @@ class MusePipe:
         archive download), use the delivered masters (default: the masters made here from the raw frames).
     verbose : bool
         Show pymusepipe's messages on the terminal when logging is not configured.
+    engine : RecipeEngine, optional
+        Share another object's engine (executor, replay log, catalogues): a target or a sample plans its
+        pointings into one graph this way.
     """
 
     def __init__(self, targetname, pointing=1, rc_filename=None, cal_filename=None, *, config=None,
@@ -115,7 +118,8 @@ class MusePipe:
                  filter_list="white", filter_for_alignment="Cousins_R", musemode=instrument.DEFAULT_MODE,
                  time_astrometry=False, pinning=None, cpus=None, memory_gb=None, executor="local",
                  ifu_mode=IFU_AUTO, overwrite=False, folders=None, verbose=True, esorex="esorex", client=None,
-                 scheduler=None, exclude=None, parameters=None, prefer_archive_masters=False, **settings):
+                 scheduler=None, exclude=None, parameters=None, prefer_archive_masters=False, engine=None,
+                 **settings):
         if verbose:
             _show_messages()
         self.config = self._make_config(config, rc_filename, cal_filename, folders, settings)
@@ -146,15 +150,15 @@ class MusePipe:
         self.scan = self._scan(exclude)
         logger.info("%s", self.scan.summary())
         self.state = PointingState(self.layout.folder("astro_tables"), self.layout.root, persist=not self.fakemode)
-        log_path = Path(logfile) if Path(logfile).is_absolute() else self.layout.folder("log") / logfile
-        self.recipes = default_recipe_table()
-        self.engine = RecipeEngine(
-            self.layout.root, recipes=self.recipes, static_calibrations=self._static_calibrations(),
-            validity=self._validity_table(), raw_table=self.scan.table,
-            executor=self._make_executor(executor, pinning, cpus, memory_gb, client, scheduler),
-            fakemode=self.fakemode, overwrite=overwrite, esorex=esorex, prefer_archive=prefer_archive_masters)
-        self.engine.log = ReplayLog(log_path, reset=reset_log, pipeline_version=self.engine.version,
-                                    fakemode=self.fakemode)
+        if engine is None:
+            log_path = Path(logfile) if Path(logfile).is_absolute() else self.layout.folder("log") / logfile
+            engine = make_engine(self.config, musemode=self.musemode, time_astrometry=self.time_astrometry,
+                                 fakemode=self.fakemode, executor=executor, pinning=pinning, cpus=cpus,
+                                 memory_gb=memory_gb, client=client, scheduler=scheduler, overwrite=overwrite,
+                                 esorex=esorex, prefer_archive=prefer_archive_masters, log_path=log_path,
+                                 reset_log=reset_log, raw_table=self.scan.table)
+        self.engine = engine
+        self.recipes = engine.recipes
         self.engine.add_area(self.layout)
         for night in sorted(set(self.scan.table["night"])):
             if night:
@@ -215,37 +219,6 @@ class MusePipe:
             write_scan_tables(scan, self.layout.folder("astro_tables"), overwrite=self.overwrite_astropy_table)
         return scan
 
-    def _static_calibrations(self) -> dict:
-        statics = self.config.static_calibrations()
-        if self.time_astrometry:
-            # Chosen per job by date from the validity table instead.
-            statics.pop("GEOMETRY_TABLE", None)
-            statics.pop("ASTROMETRY_WCS", None)
-        if not instrument.is_ao_mode(self.musemode):
-            statics.pop("RAMAN_LINES", None)   # the Raman correction is for laser-assisted AO data only
-        return statics
-
-    def _validity_table(self):
-        if not self.time_astrometry:
-            return None
-        if self.config.musecalib_time is None:
-            raise ValueError("time_astrometry=True needs musecalib_time in rc.dic (the folder of the "
-                             "time-dependent geometry/astrometry tables)")
-        return ValidityTable.read(self.config.musecalib_time / "validity_table.txt")
-
-    def _make_executor(self, executor, pinning, cpus, memory_gb, client=None, scheduler=None):
-        if self.fakemode:
-            return FakeExecutor()
-        if isinstance(executor, Executor):
-            return executor
-        if executor == "local":
-            return LocalExecutor(cpus=cpus, memory_gb=memory_gb, pinning=pinning)
-        if executor == "dask":
-            from .dask_executor import DaskExecutor
-
-            return DaskExecutor(client, scheduler=scheduler, pinning=pinning or "none")
-        raise ValueError(f"executor={executor!r}: expected 'local', 'dask' or an Executor instance")
-
     # ------------------------------------------------------------------ what the pointing holds
     @property
     def raw_table(self):
@@ -298,27 +271,16 @@ class MusePipe:
     def run_plans(self, plans, label: str = "") -> StepReport:
         """Run the jobs of planned steps as one graph; record each step's status; raise if any job failed."""
         jobs = [job for plan in plans for job in plan.jobs]
-        start = time.time()
         report = self.engine.run(jobs, label=label or f"{self.targetname} {self.layout.pointing_name}") \
             if jobs else StepReport([])
-        self._record_steps(plans, report, start)
-        failed = [name for name in report.failed if report.results[name].status == "failed"]
-        if failed:
-            details = []
-            for name in failed:
-                result = report.results[name]
-                details.append(f"--- {name}: {result.message}")
-                if result.log_tail:
-                    details.append("    tail of the esorex log:")
-                    details.extend(f"    {line}" for line in result.log_tail)
-            skipped = report.with_status("skipped")
-            more = f"\n{len(skipped)} job(s) depending on them were skipped" if skipped else ""
-            raise StepFailedError(f"{len(failed)} job(s) failed ({report.summary()}):\n" + "\n".join(details) + more)
+        self.record_steps(plans, report)
+        raise_for_failures(report)
         return report
 
-    def _record_steps(self, plans, report: StepReport, start: float):
+    def record_steps(self, plans, report: StepReport):
+        """Record what each planned step did in this pointing's state (``PIPE_steps.fits``)."""
         for plan in plans:
-            sub = report.for_step(plan.step)
+            sub = report.of_jobs(plan.jobs)
             results = list(sub.results.values())
             if plan.skipped and not plan.jobs:
                 status, summary = "skipped", plan.skipped
@@ -539,6 +501,65 @@ class MusePipe:
                 continue
             lines.append(f"{name:<17} {step.status:<11} {step.summary} ({step.seconds:.0f} s)")
         return "\n".join(lines)
+
+
+def make_engine(config, *, musemode, time_astrometry=False, fakemode=False, executor="local", pinning=None,
+                cpus=None, memory_gb=None, client=None, scheduler=None, overwrite=False, esorex="esorex",
+                prefer_archive=False, log_path=None, reset_log=False, raw_table=None) -> RecipeEngine:
+    """The engine of a reduction (pointing, target or sample): static calibrations, executor, replay log."""
+    statics = config.static_calibrations()
+    validity = None
+    if time_astrometry:
+        # Chosen per job by date from the validity table instead.
+        statics.pop("GEOMETRY_TABLE", None)
+        statics.pop("ASTROMETRY_WCS", None)
+        if config.musecalib_time is None:
+            raise ValueError("time_astrometry=True needs musecalib_time in rc.dic (the folder of the "
+                             "time-dependent geometry/astrometry tables)")
+        validity = ValidityTable.read(config.musecalib_time / "validity_table.txt")
+    if not instrument.is_ao_mode(musemode):
+        statics.pop("RAMAN_LINES", None)   # the Raman correction is for laser-assisted AO data only
+    engine = RecipeEngine(config.root, recipes=default_recipe_table(), static_calibrations=statics,
+                          validity=validity, raw_table=raw_table,
+                          executor=make_executor(executor, fakemode=fakemode, pinning=pinning, cpus=cpus,
+                                                 memory_gb=memory_gb, client=client, scheduler=scheduler),
+                          fakemode=fakemode, overwrite=overwrite, esorex=esorex, prefer_archive=prefer_archive)
+    if log_path is not None:
+        engine.log = ReplayLog(log_path, reset=reset_log, pipeline_version=engine.version, fakemode=fakemode)
+    return engine
+
+
+def make_executor(executor="local", *, fakemode=False, pinning=None, cpus=None, memory_gb=None, client=None,
+                  scheduler=None) -> Executor:
+    """``'local'``, ``'dask'`` (with ``client`` or ``scheduler``) or an Executor instance; fake in fakemode."""
+    if fakemode:
+        return FakeExecutor()
+    if isinstance(executor, Executor):
+        return executor
+    if executor == "local":
+        return LocalExecutor(cpus=cpus, memory_gb=memory_gb, pinning=pinning)
+    if executor == "dask":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor(client, scheduler=scheduler, pinning=pinning or "none")
+    raise ValueError(f"executor={executor!r}: expected 'local', 'dask' or an Executor instance")
+
+
+def raise_for_failures(report: StepReport):
+    """StepFailedError listing every failed job (its reason and esorex log tail), if any failed."""
+    failed = [name for name in report.failed if report.results[name].status == "failed"]
+    if not failed:
+        return
+    details = []
+    for name in failed:
+        result = report.results[name]
+        details.append(f"--- {name}: {result.message}")
+        if result.log_tail:
+            details.append("    tail of the esorex log:")
+            details.extend(f"    {line}" for line in result.log_tail)
+    skipped = report.with_status("skipped")
+    more = f"\n{len(skipped)} job(s) depending on them were skipped" if skipped else ""
+    raise StepFailedError(f"{len(failed)} job(s) failed ({report.summary()}):\n" + "\n".join(details) + more)
 
 
 def _show_messages():

@@ -279,7 +279,7 @@ def plan_twilight(ctx, illum=True, **_):
                                skip_calibrations=() if illum else ("ILLUM",))
 
 
-def plan_scibasic_all(ctx, illum=True, expotypes=("OBJECT", "SKY", "STD"), **_):
+def plan_scibasic_all(ctx, illum=True, expotypes=("OBJECT", "SKY", "STD"), required=True, **_):
     jobs = []
     for tag in expotypes:
         exposures = ctx.raw_exposures(tag)
@@ -289,8 +289,8 @@ def plan_scibasic_all(ctx, illum=True, expotypes=("OBJECT", "SKY", "STD"), **_):
             jobs.extend(ctx.plan("scibasic_all", "muse_scibasic", [rows], area=area, labels=[label],
                                  skip_calibrations=() if illum else ("ILLUM",)))
     if not jobs:
-        if ctx.archive_masters(("STD_RESPONSE",)) and "OBJECT" not in expotypes:
-            return StepPlan("scibasic_all", skipped="no exposure of these types")
+        if not required:
+            return StepPlan("scibasic_all", skipped=f"no {', '.join(expotypes)} exposure")
         ctx.require([], "OBJECT", "run_scibasic_all")
     return StepPlan("scibasic_all", jobs)
 
@@ -538,7 +538,7 @@ def resolve_offset_list(ctx, offset_list):
 
 
 def plan_scipost(ctx, expotype="OBJECT", offset_list=True, skymethod="model", filter_list=None, save=None,
-                 **_):
+                 output_wcs=None, **_):
     step = "scipost" if expotype == "OBJECT" else f"scipost_{expotype.lower()}"
     pixtable = f"PIXTABLE_{expotype}"
     offsets = resolve_offset_list(ctx, offset_list)
@@ -549,6 +549,8 @@ def plan_scipost(ctx, expotype="OBJECT", offset_list=True, skymethod="model", fi
     labels, calibrations, notes, note_of = [], [], [], {}
     for group in groups:
         explicit = {"OFFSET_LIST": [str(offsets)]} if offsets is not None else {}
+        if output_wcs is not None:
+            explicit["OUTPUT_WCS"] = [str(output_wcs)]
         note = detail = ""
         if skymethod != "none":
             sky, note, detail = _sky_for_exposure(ctx, group[0])
@@ -581,13 +583,15 @@ def _count(items) -> dict:
 
 
 def plan_scipost_sky(ctx, **options):
+    if not ctx.raw_rows("SKY") and not ctx.products_by_exposure("PIXTABLE_SKY", area=ctx.layout):
+        return StepPlan("scipost_sky", skipped="no offset-sky exposure in this pointing")
     options = {"offset_list": False, "skymethod": "none", **options, "expotype": "SKY"}
     plan = plan_scipost(ctx, **options)
     plan.step = "scipost_sky"
     return plan
 
 
-def plan_combine_pointing(ctx, offset_list=True, filter_list=None, **_):
+def plan_combine_pointing(ctx, offset_list=True, filter_list=None, output_wcs=None, **_):
     frames = [frame for frame in ctx.products("PIXTABLE_REDUCED", step="scipost", area=ctx.layout)]
     records = {record.path: record for record in ctx.engine.catalogue.select(
         tag="PIXTABLE_REDUCED", step="scipost", area=ctx.layout.base_dir, statuses=("done", "planned"))}
@@ -597,6 +601,8 @@ def plan_combine_pointing(ctx, offset_list=True, filter_list=None, **_):
         return StepPlan("combine_pointing", skipped="one exposure: its scipost cube is the final cube")
     offsets = resolve_offset_list(ctx, offset_list)
     explicit = {"OFFSET_LIST": [str(offsets)]} if offsets is not None else {}
+    if output_wcs is not None:
+        explicit["OUTPUT_WCS"] = [str(output_wcs)]
     jobs = ctx.plan("combine_pointing", "muse_exp_combine", [frames], area=ctx.layout,
                     labels=[f"{ctx.targetname}_{ctx.layout.pointing_name}"],
                     parameters={"filter": filter_list or ctx.filter_list}, calibrations=explicit)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-__all__ = ["choose_offsets", "EXPALIGN_MIN_MATCHES", "main"]
+__all__ = ["choose_offsets", "align_to_reference", "output_wcs", "EXPALIGN_MIN_MATCHES", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,111 @@ def choose_offsets(output, exposures, exp_align=None, min_matches: int = EXPALIG
     return message
 
 
+def align_to_reference(output, images, reference=None, filter_name=None, filter_list=None,
+                       figure_folder=None) -> str:
+    """Offsets and flux scales of MUSE images against one reference image, written as an OFFSET_LIST.
+
+    Without a reference image the first image plays it: offsets are then relative to its exposure and the
+    flux scales are rescaled so that the most transparent exposure (the highest flux) keeps 1.
+
+    Returns
+    -------
+    str
+        What was done, for the state and the log (how many images were aligned, which were flagged).
+    """
+    from .alignment import align_images, write_alignment_offset_list
+
+    images = [str(path) for path in images]
+    if reference is None:
+        table = align_images(images, _image_as_reference(images[0], output), filter_list=filter_list,
+                             figure_folder=figure_folder)
+        good = table["quality"] == 0
+        scales = table["flux_scale"][good]
+        if len(scales):
+            # reference = scale x image: the most transparent exposure has the smallest scale.
+            table["flux_scale"] = table["flux_scale"] / float(min(scales))
+        note = (f"no reference image: {len(images)} exposure(s) aligned to the first one, flux scaled to the "
+                "most transparent exposure")
+    else:
+        table = align_images(images, reference, filter_name=filter_name, filter_list=filter_list,
+                             figure_folder=figure_folder)
+        note = f"{len(images)} exposure(s) aligned to {Path(reference).name} (offsets and flux scales)"
+    flagged = [Path(name).name for name, quality in zip(table["filename"], table["quality"]) if quality]
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        write_alignment_offset_list(table, partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    if flagged:
+        note += f"; flagged (left unmoved, unscaled): {', '.join(flagged)}"
+    return note
+
+
+def _image_as_reference(image, output) -> str:
+    """An IMAGE_FOV rewritten as a reference image (primary HDU, MUSE units, its filter)."""
+    from astropy.io import fits
+
+    with fits.open(image) as hdul:
+        data = hdul["DATA"].data
+        header = hdul["DATA"].header.copy()
+        band = hdul[0].header.get("ESO DRS MUSE FILTER NAME", "white")
+    header["FILTER"] = band
+    path = Path(output).with_name(f"reference_{Path(image).stem}.fits")
+    fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=True)
+    return str(path)
+
+
+def output_wcs(output, images, offset_list=None, spaxel_arcsec=0.2, margin_arcsec=1.0) -> str:
+    """A 2-D celestial WCS covering every image (positions corrected by the OFFSET_LIST), north up, at the
+    mode's spaxel scale, written as MUSE's OUTPUT_WCS (a CD matrix: the recipes refuse PCi_j keywords)."""
+    import numpy as np
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from reproject.mosaicking import find_optimal_celestial_wcs
+
+    from .alignment.offset_list import date_obs_key, read_offset_list
+
+    offsets = {}
+    if offset_list is not None:
+        for row in read_offset_list(offset_list):
+            offsets[date_obs_key(row["DATE_OBS"])] = (float(row["RA_OFFSET"]), float(row["DEC_OFFSET"]))
+    footprints = []
+    for image in images:
+        with fits.open(image) as hdul:
+            header = hdul["DATA"].header
+            date_obs = hdul[0].header.get("DATE-OBS", "")
+            shape = hdul["DATA"].data.shape
+        wcs = WCS(header).celestial
+        d_ra, d_dec = offsets.get(date_obs_key(date_obs), (0.0, 0.0))
+        # The pipeline moves an exposure by pointing -= offset: so does its footprint.
+        wcs.wcs.crval = [wcs.wcs.crval[0] - d_ra, wcs.wcs.crval[1] - d_dec]
+        footprints.append((shape, wcs))
+    wcs, shape = find_optimal_celestial_wcs(footprints, resolution=spaxel_arcsec * u.arcsec, projection="TAN",
+                                            auto_rotate=False)
+    margin = int(np.ceil(margin_arcsec / spaxel_arcsec))
+    ny, nx = shape[0] + 2 * margin, shape[1] + 2 * margin
+    header = fits.Header()
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
+    header["CRPIX1"], header["CRPIX2"] = wcs.wcs.crpix[0] + margin, wcs.wcs.crpix[1] + margin
+    header["CRVAL1"], header["CRVAL2"] = float(wcs.wcs.crval[0]), float(wcs.wcs.crval[1])
+    cd = wcs.pixel_scale_matrix
+    header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = (float(cd[0, 0]), float(cd[0, 1]),
+                                                                          float(cd[1, 0]), float(cd[1, 1]))
+    header["HIERARCH ESO PRO CATG"] = "OUTPUT_WCS"
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        fits.PrimaryHDU(data=np.zeros((ny, nx), dtype=np.uint8), header=header).writeto(partial, overwrite=True)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return f"OUTPUT_WCS {nx} x {ny} spaxels of {spaxel_arcsec:g}\" covering {len(images)} exposure(s)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m pymusepipe.tasks",
                                      description="Python steps of the pymusepipe chain (as the replay log runs them)")
@@ -100,11 +205,26 @@ def main(argv=None) -> int:
     choose.add_argument("--exp-align", help="muse_exp_align's OFFSET_LIST")
     choose.add_argument("--exposure", nargs=2, action="append", metavar=("DATE_OBS", "MJD"), required=True)
     choose.add_argument("--min-matches", type=int, default=EXPALIGN_MIN_MATCHES)
+    align = commands.add_parser("align-to-reference", help="offsets and flux scales against a reference image")
+    align.add_argument("--output", required=True)
+    align.add_argument("--reference", help="reference image (default: the first image)")
+    align.add_argument("--filter", help="band of the reference image")
+    align.add_argument("--filter-list", help="MUSE FILTER_LIST")
+    align.add_argument("images", nargs="+")
+    grid = commands.add_parser("output-wcs", help="the OUTPUT_WCS covering every image")
+    grid.add_argument("--output", required=True)
+    grid.add_argument("--offset-list")
+    grid.add_argument("--spaxel", type=float, default=0.2)
+    grid.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "choose-offsets":
         print(choose_offsets(args.output, [(date, float(mjd)) for date, mjd in args.exposure], args.exp_align,
                              args.min_matches))
+    elif args.command == "align-to-reference":
+        print(align_to_reference(args.output, args.images, args.reference, args.filter, args.filter_list))
+    elif args.command == "output-wcs":
+        print(output_wcs(args.output, args.images, args.offset_list, args.spaxel))
     return 0
 
 
