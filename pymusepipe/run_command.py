@@ -1,4 +1,6 @@
-"""``pymusepipe run``: the reduction of a target and pointing from the shell (same options as MusePipe)."""
+"""``pymusepipe run``: the reduction of a pointing (``--pointing N``), or of a whole target and its mosaic (no
+``--pointing``: every pointing, aligned to ``--reference`` when given), from the shell (same options as
+MusePipe and MuseTarget)."""
 from __future__ import annotations
 
 import json
@@ -9,11 +11,19 @@ def add_arguments(parser):
     from .cli import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--pointing", type=int, default=1, help="pointing number (default 1)")
+    parser.add_argument("--pointing", type=int,
+                        help="pointing number; without it, every pointing of the target and its mosaic")
+    parser.add_argument("--reference", help="reference image for the target's alignment and flux scale "
+                                            "(target runs only)")
+    parser.add_argument("--pointing-cubes", action="store_true",
+                        help="target runs: also each pointing's cube on the mosaic's grid")
+    parser.add_argument("--exclude", action="append", default=[], metavar="FILE_OR_DATE_OBS",
+                        help="a raw file or exposure (DATE-OBS) never to use; kept in Config/excluded_exposures.txt "
+                             "(repeat the option for several)")
     parser.add_argument("--first", help="first step to run (e.g. bias, scibasic_all)")
     parser.add_argument("--last", help="last step to run (e.g. combine_pointing)")
     parser.add_argument("--fake", action="store_true", help="fakemode: plan and log the commands, run nothing")
-    parser.add_argument("--logfile", default="MusePipe.log", help="replay log name in Log/ (default MusePipe.log)")
+    parser.add_argument("--logfile", help="replay log name in Log/ (default MusePipe.log, Target.log for a target)")
     parser.add_argument("--reset-log", action="store_true", help="start the replay log afresh")
     parser.add_argument("--filter-list", default="white", help="filters of the final images (default white)")
     parser.add_argument("--filter-for-alignment", default="Cousins_R", help="filter of the alignment images")
@@ -57,11 +67,18 @@ def run(args) -> int:
     if args.executor == "dask" and not args.scheduler:
         print("--executor dask needs --scheduler ADDRESS", file=sys.stderr)
         return 2
-    pipe = MusePipe(args.target, args.pointing, args.rc, args.cal, logfile=args.logfile, reset_log=args.reset_log,
-                    fakemode=args.fake, filter_list=args.filter_list, filter_for_alignment=args.filter_for_alignment,
-                    musemode=args.musemode, time_astrometry=args.time_astrometry, pinning=args.pinning,
-                    cpus=parse_cpus(args.cpus), ifu_mode=args.ifu_mode, overwrite=args.overwrite,
-                    executor=args.executor, scheduler=args.scheduler)
+    options = dict(reset_log=args.reset_log, fakemode=args.fake, filter_list=args.filter_list,
+                   filter_for_alignment=args.filter_for_alignment, musemode=args.musemode,
+                   time_astrometry=args.time_astrometry, pinning=args.pinning, cpus=parse_cpus(args.cpus),
+                   ifu_mode=args.ifu_mode, overwrite=args.overwrite, executor=args.executor,
+                   scheduler=args.scheduler, exclude=args.exclude or None)
+    if args.pointing is None:
+        return _run_target(args, options, parameters)
+    if args.reference:
+        print("--reference aligns a whole target: leave out --pointing", file=sys.stderr)
+        return 2
+    pipe = MusePipe(args.target, args.pointing, args.rc, args.cal, logfile=args.logfile or "MusePipe.log",
+                    **options)
     try:
         pipe.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, first=args.first, last=args.last,
                              parameters=parameters)
@@ -71,4 +88,24 @@ def run(args) -> int:
         return 1
     print(pipe.status())
     print(f"replay log: {pipe.engine.log.path}")
+    return 0
+
+
+def _run_target(args, options, parameters) -> int:
+    from .musepipe import StepFailedError, StepInputError
+    from .target import MuseTarget
+
+    if args.first or args.last:
+        print("--first/--last select steps of one pointing: give --pointing", file=sys.stderr)
+        return 2
+    target = MuseTarget(args.target, None, args.rc, args.cal, reference=args.reference,
+                        logfile=args.logfile or "Target.log", pointing_cubes=args.pointing_cubes, **options)
+    try:
+        target.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, parameters=parameters)
+    except (StepFailedError, StepInputError) as error:
+        print(target.status())
+        print(f"\n{error}", file=sys.stderr)
+        return 1
+    print(target.status())
+    print(f"replay log: {target.engine.log.path}")
     return 0

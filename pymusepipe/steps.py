@@ -425,13 +425,40 @@ def _sky_for_exposure(ctx, frame) -> tuple:
 
 
 def plan_prep_align(ctx, skymethod="none", filter_for_alignment=None, **_):
+    """One muse_scipost per OBJECT exposure, without offsets, giving its image through the alignment filter.
+
+    The cube is only resampled over the filter's wavelength range (the image is all that is needed), which
+    saves most of the recipe's time and disk."""
     filter_name = filter_for_alignment or ctx.filter_for_alignment
     groups = ctx.require(ctx.products_by_exposure("PIXTABLE_OBJECT", area=ctx.layout), "PIXTABLE_OBJECT",
                          "run_prep_align")
     labels = [f"{exposure_label(group[0])}_prealign" for group in groups]
-    jobs = ctx.plan("prep_align", "muse_scipost", groups, area=ctx.layout, labels=labels,
-                    parameters={"save": "cube", "filter": filter_name, "skymethod": skymethod})
+    parameters = {"save": "cube", "filter": filter_name, "skymethod": skymethod}
+    span = filter_range(ctx.engine.static_calibrations.get("FILTER_LIST"), filter_name)
+    if span is not None:
+        parameters.update(lambdamin=span[0], lambdamax=span[1])
+    jobs = ctx.plan("prep_align", "muse_scipost", groups, area=ctx.layout, labels=labels, parameters=parameters)
     return StepPlan("prep_align", jobs)
+
+
+def filter_range(filter_list, filter_name, threshold=1e-3, margin=10.0):
+    """Wavelength range [Angstrom] where a filter of a MUSE FILTER_LIST transmits more than ``threshold`` of
+    its peak, widened by ``margin``; None when unknown (the white light, a missing or unreadable list)."""
+    if not filter_list or str(filter_name).lower() == "white":
+        return None
+    from astropy.io import fits
+
+    try:
+        with fits.open(filter_list) as hdul:
+            table = hdul[filter_name].data
+            wavelength = np.asarray(table["lambda"], dtype=float)
+            throughput = np.asarray(table["throughput"], dtype=float)
+    except (OSError, KeyError, TypeError, ValueError, IndexError):
+        return None
+    passing = wavelength[throughput > threshold * np.nanmax(throughput)]
+    if not passing.size:
+        return None
+    return round(float(passing.min()) - margin, 1), round(float(passing.max()) + margin, 1)
 
 
 def _alignment_images(ctx):

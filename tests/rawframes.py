@@ -45,14 +45,12 @@ def primary_header(catg, dpr_type, *, tech="IFU", mode="WFM-NOAO-N", mjd=60750.1
     return header
 
 
-def write_raw(path, header, compression=None):
-    """Write a primary header + one small CHAN01 extension; compression None, 'fz' or 'gz'."""
+def write_raw(path, header, compression=None, ifus=(1,)):
+    """Write a primary header + one small CHANnn extension per IFU; compression None, 'fz' or 'gz'."""
     data = np.zeros((8, 8), dtype=np.uint16)
-    if compression == "fz":
-        ext = fits.CompImageHDU(data=data, name="CHAN01")
-    else:
-        ext = fits.ImageHDU(data=data, name="CHAN01")
-    hdul = fits.HDUList([fits.PrimaryHDU(header=header), ext])
+    extensions = [fits.CompImageHDU(data=data, name=f"CHAN{ifu:02d}") if compression == "fz"
+                  else fits.ImageHDU(data=data, name=f"CHAN{ifu:02d}") for ifu in ifus]
+    hdul = fits.HDUList([fits.PrimaryHDU(header=header), *extensions])
     if compression == "gz":
         plain = str(path)[:-3]
         hdul.writeto(plain, overwrite=True)

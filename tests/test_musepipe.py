@@ -1,4 +1,6 @@
 """MusePipe without running recipes: set-up errors, step order and slicing, parameters, fakemode."""
+from pathlib import Path
+
 import pytest
 
 from pymusepipe.musepipe import STEPS, MusePipe, StepInputError
@@ -17,16 +19,20 @@ TEMPLATES = [  # (stem, DPR CATG, DPR TYPE, count, TPL START)
 ]
 
 
-@pytest.fixture
-def dataset(tmp_path):
+def _write_dataset(tmp_path, ifus=(1,), templates=TEMPLATES):
     calib, raw = empty_calibration_kit(tmp_path)
     mjd = 60750.6
-    for stem, catg, dpr_type, count, tpl in TEMPLATES:
+    for stem, catg, dpr_type, count, tpl in templates:
         for i in range(count):
             mjd += 0.002
             write_raw(raw / f"{stem}{i}.fits", primary_header(catg, dpr_type, mjd=mjd, tpl_start=tpl, nexp=count,
-                                                              expno=i + 1))
+                                                              expno=i + 1), ifus=ifus)
     return tmp_path
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return _write_dataset(tmp_path)
 
 
 def _sof_tags(job):
@@ -108,3 +114,41 @@ def test_step_without_inputs_names_the_step_that_makes_them(dataset):
         pipe.run_standard()
     with pytest.raises(StepInputError, match="PIXTABLE_REDUCED.*run_scipost"):
         pipe.run_combine_pointing()
+
+
+def test_full_field_runs_in_eso_merged_mode_and_the_standard_keeps_eso_defaults(tmp_path):
+    """24 IFUs (headers and 24 small CHANnn extensions): ESO's in-process mode, one job per template or exposure,
+    merged products, and no narrow-field rule anywhere."""
+    _write_dataset(tmp_path, ifus=range(1, 25))
+    pipe = _fake(tmp_path)
+    pipe.run_all_recipes()
+    for step in ("bias", "flat", "wave", "lsf", "scibasic_all"):
+        for job in pipe.steps[step].report.jobs:
+            assert job.parameters["nifu"] == -1 and job.parameters["merge"] is True, job.name
+            assert len(job.ifus) == 24 and all(product.ifu == 0 for product in job.products), job.name
+    assert len(pipe.steps["scibasic_all"].report.jobs) == 4
+    (standard,) = pipe.steps["standard"].report.jobs
+    assert "profile" not in standard.parameters and standard.postprocess is None
+    assert "narrow" not in pipe.steps["standard"].summary
+    (pixtable,) = [p for p in pipe.steps["scibasic_all"].report.jobs[0].products if p.tag.startswith("PIXTABLE")]
+    assert pixtable.esorex_name == "PIXTABLE_STD_0001.fits" or pixtable.esorex_name.startswith("PIXTABLE_")
+    assert "postprocess" not in pipe.engine.log.path.read_text() and "stdcorrection" not in \
+        pipe.engine.log.path.read_text()
+
+
+def test_a_pointing_without_offset_sky_measures_the_sky_on_each_object_exposure(tmp_path):
+    _write_dataset(tmp_path, templates=[t for t in TEMPLATES if t[0] != "sky"])
+    pipe = _fake(tmp_path)
+    pipe.run_all_recipes()
+    sky_jobs = pipe.steps["sky"].report.jobs
+    assert len(sky_jobs) == 2 and all(job.frames[0].tag == "PIXTABLE_SKY" for job in sky_jobs)
+    # Each object exposure's own pixel tables, given to muse_create_sky as PIXTABLE_SKY.
+    assert {frame.path for job in sky_jobs for frame in job.frames} == {
+        str(product.destination) for job in pipe.steps["scibasic_all"].report.jobs if job.frames[0].tag == "OBJECT"
+        for product in job.products if product.tag == "PIXTABLE_OBJECT"}
+    assert "measured on 2 object exposure(s)" in pipe.steps["sky"].summary
+    assert pipe.steps["scipost_sky"].status == "skipped"
+    for job, sky in zip(pipe.steps["scipost"].report.jobs, sky_jobs):
+        lines = {Path(path) for path in job.calibration_paths()["SKY_LINES"]}
+        assert lines == {p.destination for p in sky.products if p.tag == "SKY_LINES"}
+        assert "its own sky" in job.note
