@@ -14,6 +14,7 @@ and loses no finished job.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from .association import (Association, CalibrationCandidate, InputFrame, Missing
 from .esorex import available_cpus, build_command, check_parameters, pipeline_version, write_sof
 from .executors import Executor, FakeExecutor, LocalExecutor
 from .layout import AreaLayout
+from .memory import memory_need
 from .products import (CatalogueSet, JobRecord, JobTable, PlannedProduct, ProductCatalogue, ProductRecord,
                        atomic_move, file_checksum, final_product_name, fingerprint, product_integrity)
 from .recipes import NAMING_DATEOBS, NAMING_SEQUENCE, RecipeSpec, RecipeTable, default_recipe_table
@@ -87,6 +89,9 @@ class Job:
     threads : int
         Most threads worth giving it.
     memory_gb : float
+        Modelled peak memory with ``threads`` threads (:mod:`pymusepipe.memory`).
+    memory_for : callable, optional
+        ``threads -> GB``: the need with fewer threads (in ESO's merged mode each thread holds an IFU).
     function : callable, optional
         A Python step: called with no argument, writes the products (atomically), returns a message.
     log_argv : tuple of str
@@ -115,6 +120,7 @@ class Job:
     depends_on: tuple = ()
     threads: int = 1
     memory_gb: float = 1.0
+    memory_for: Callable | None = None
     function: Callable | None = None
     log_argv: tuple = ()
     postprocess: Callable | None = None
@@ -311,6 +317,13 @@ class RecipeEngine:
             return int(capacity.cpus)
         return len(getattr(self.executor, "cpus", None) or available_cpus())
 
+    def _memory_budget(self) -> float:
+        capacity = self.executor.capacity()
+        if capacity is not None:
+            return float(capacity.memory_gb)
+        largest = getattr(self.executor, "_worker_capacity", None)
+        return float(largest()[1]) if largest is not None else float("inf")
+
     # ------------------------------------------------------------------ areas and tables
     def add_area(self, area: AreaLayout) -> AreaLayout:
         """Make an area's registered products visible to association (read from its tables once)."""
@@ -482,7 +495,10 @@ class RecipeEngine:
         if spec.takes_nifu:
             mode = ifu_mode
             if mode == IFU_AUTO:
-                mode = IFU_MERGED if len(group_ifus) == instrument.N_IFUS else IFU_FANOUT
+                # ESO's in-process mode needs every IFU, and its memory (one IFU per thread) must fit.
+                fits_budget = memory_need(spec.name, ifus=len(group_ifus), threads=min(n_cpus, len(group_ifus)),
+                                          merged=True) <= self._memory_budget()
+                mode = IFU_MERGED if len(group_ifus) == instrument.N_IFUS and fits_budget else IFU_FANOUT
             if mode == IFU_MERGED and len(group_ifus) != instrument.N_IFUS:
                 raise ValueError(f"{spec.name} {label}: ifu_mode='merged' (--nifu=-1) fails unless all "
                                  f"{instrument.N_IFUS} IFUs are present; only {list(group_ifus)} are. "
@@ -514,13 +530,16 @@ class RecipeEngine:
                 producer = producers.get(path)
                 if producer and producer != name:
                     depends.add(producer)
-            memory = spec.memory_gb * (len(job_ifus) if merged else 1)
+            n_exposures = max(len(_exposures(frames)), 1)
+            memory = functools.partial(memory_need, spec.name, ifus=len(job_ifus) or 1, exposures=n_exposures,
+                                       merged=merged)
             jobs.append(Job(name=name, recipe=spec.name, label=label, step=step, area=area, frames=list(frames),
                             ifus=tuple(job_ifus), parameters=job_parameters, associations=associations,
                             missing=missing, products=products,
                             sof=self._folder(area, ("sof",)) / f"{name}.sof",
                             output_dir=self._folder(area, ("pipe_products",)) / name, log_name=f"{name}.log",
-                            depends_on=tuple(sorted(depends)), threads=n_cpus, memory_gb=memory))
+                            depends_on=tuple(sorted(depends)), threads=n_cpus, memory_gb=memory(threads=n_cpus),
+                            memory_for=memory))
         return jobs
 
     def _destination(self, area, folder: tuple, raw_tag: str) -> Path:
@@ -823,6 +842,9 @@ class _EngineTask(Task):
         self.max_threads = max(1, job.threads)
         self.memory_gb = job.memory_gb
         self.local = job.is_python
+
+    def memory_need(self, threads):
+        return self.job.memory_for(threads=threads) if self.job.memory_for is not None else self.job.memory_gb
 
     def up_to_date(self):
         return self.engine.up_to_date(self.job, self.overwrite)

@@ -120,8 +120,8 @@ class RecipeSpec:
         handled by the engine, never listed here).
     takes_nifu, takes_merge : bool
         Whether the recipe has ``--nifu`` / ``--merge``.
-    memory_gb : float
-        Rough peak memory of one run of one IFU, used by the executor's memory budget.
+
+    A run's memory need is modelled from measurements in :mod:`pymusepipe.memory`.
     """
 
     name: str
@@ -132,7 +132,6 @@ class RecipeSpec:
     default_parameters: Mapping = field(default_factory=dict)
     takes_nifu: bool = False
     takes_merge: bool = False
-    memory_gb: float = 1.5
 
     def calibration(self, tag) -> CalibrationInput:
         """The calibration input of this tag (KeyError naming the recipe otherwise)."""
@@ -216,7 +215,7 @@ def default_recipe_table() -> RecipeTable:
             "muse_bias", raw_tags=("BIAS",), min_raw=3,
             calibrations=(_badpix(),),
             products=(product("MASTER_BIAS", per_ifu=True, folder=("master", "Bias")),),
-            takes_nifu=True, takes_merge=True, memory_gb=1.0),
+            takes_nifu=True, takes_merge=True),
         RecipeSpec(
             "muse_flat", raw_tags=("FLAT",), min_raw=3,
             calibrations=(_bias(), _calib("MASTER_DARK", required=False, per_ifu=True), _badpix()),
@@ -224,7 +223,7 @@ def default_recipe_table() -> RecipeTable:
                       product("TRACE_TABLE", per_ifu=True, folder=("master", "Trace")),
                       product("TRACE_SAMPLES", per_ifu=True, enabled_by=("samples", "true"),
                               folder=("master", "Trace"))),
-            takes_nifu=True, takes_merge=True, memory_gb=1.0),
+            takes_nifu=True, takes_merge=True),
         RecipeSpec(
             "muse_wavecal", raw_tags=("ARC",), min_raw=1,
             calibrations=(_bias(), _calib("MASTER_DARK", required=False, per_ifu=True),
@@ -235,7 +234,7 @@ def default_recipe_table() -> RecipeTable:
                               folder=("master", "Wave")),
                       product("ARC_RED_LAMP", per_ifu=True, required=False, enabled_by=("saveimages", "true"),
                               folder=("master", "Wave"))),
-            takes_nifu=True, takes_merge=True, memory_gb=1.0),
+            takes_nifu=True, takes_merge=True),
         RecipeSpec(
             "muse_lsf", raw_tags=("ARC", "ARC_LSF"), min_raw=1,
             calibrations=(_bias(), _calib("MASTER_DARK", required=False, per_ifu=True),
@@ -245,7 +244,7 @@ def default_recipe_table() -> RecipeTable:
             products=(product("LSF_PROFILE", per_ifu=True, folder=("master", "Lsf")),
                       product("PIXTABLE_SUBTRACTED", per_ifu=True, enabled_by=("save_subtracted", "true"),
                               folder=("master", "Lsf"))),
-            takes_nifu=True, takes_merge=True, memory_gb=1.5),
+            takes_nifu=True, takes_merge=True),
         RecipeSpec(
             # No --nifu: it loops over the IFUs itself and skips those without calibrations (IFU 1 must exist).
             "muse_twilight", raw_tags=("SKYFLAT",), min_raw=3,
@@ -256,8 +255,7 @@ def default_recipe_table() -> RecipeTable:
                           _calib("ILLUM", required=False, source=SOURCE_RAW),
                           _static("VIGNETTING_MASK", required=False), _badpix()),
             products=(product("DATACUBE_SKYFLAT", folder=("master", "Twilight")),
-                      product("TWILIGHT_CUBE", folder=("master", "Twilight"))),
-            memory_gb=1.5),
+                      product("TWILIGHT_CUBE", folder=("master", "Twilight")))),
         RecipeSpec(
             "muse_scibasic", raw_tags=("OBJECT", "STD", "SKY", "ASTROMETRY"), min_raw=1,
             calibrations=(_bias(), _calib("MASTER_DARK", required=False, per_ifu=True),
@@ -273,14 +271,14 @@ def default_recipe_table() -> RecipeTable:
                       product("{raw}_RESAMPLED", per_ifu=True, naming=NAMING_DATEOBS,
                               enabled_by=("resample", "true"), folder=("{raw_folder}",))),
             default_parameters={"saveimage": False},
-            takes_nifu=True, takes_merge=True, memory_gb=1.5),
+            takes_nifu=True, takes_merge=True),
         RecipeSpec(
             "muse_standard", raw_tags=("PIXTABLE_STD",), min_raw=1,
             calibrations=(_static("EXTINCT_TABLE"), _static("STD_FLUX_TABLE"),
                           _static("TELLURIC_REGIONS", required=False), _static("FILTER_LIST", required=False)),
             products=tuple(product(tag, naming=NAMING_DATEOBS, folder=("master", "Std"))
                            for tag in ("DATACUBE_STD", "STD_FLUXES", "STD_RESPONSE", "STD_TELLURIC")),
-            default_parameters={"filter": "white"}, memory_gb=4.0),
+            default_parameters={"filter": "white"}),
         RecipeSpec(
             "muse_create_sky", raw_tags=("PIXTABLE_SKY",), min_raw=1,
             calibrations=(_static("EXTINCT_TABLE"), _calib("STD_RESPONSE"), _calib("STD_TELLURIC", required=False),
@@ -289,7 +287,7 @@ def default_recipe_table() -> RecipeTable:
                           _calib("SKY_MASK", required=False, source=SOURCE_USER)),
             products=tuple(product(tag, folder=("sky",)) for tag in
                            ("SKY_MASK", "SKY_IMAGE", "SKY_SPECTRUM", "SKY_LINES", "SKY_CONTINUUM")),
-            default_parameters={"fraction": 0.8}, memory_gb=4.0),
+            default_parameters={"fraction": 0.8}),
         RecipeSpec(
             "muse_scipost", raw_tags=("PIXTABLE_OBJECT",), min_raw=1,
             calibrations=(_static("EXTINCT_TABLE"), _calib("STD_RESPONSE"), _calib("STD_TELLURIC", required=False),
@@ -315,15 +313,14 @@ def default_recipe_table() -> RecipeTable:
                       # Sky products only appear with skymethod=model; optional so skymethod=none still succeeds.
                       *(product(tag, required=False, enabled_by=("save", "skymodel"), folder=("object",))
                         for tag in ("SKY_IMAGE", "SKY_MASK", "SKY_SPECTRUM", "SKY_LINES", "SKY_CONTINUUM"))),
-            default_parameters={"save": "cube,skymodel", "filter": "white"}, memory_gb=8.0),
+            default_parameters={"save": "cube,skymodel", "filter": "white"}),
         RecipeSpec(
             "muse_exp_align", raw_tags=("IMAGE_FOV",), min_raw=2,
             calibrations=(_calib("SOURCE_LIST", required=False, max_count=None, source=SOURCE_USER),),
             products=(product("OFFSET_LIST", folder=("object",)),
                       product("PREVIEW_FOV", required=False, folder=("object",)),
                       product("SOURCE_LIST", naming=NAMING_DATEOBS, required=False, folder=("object",)),
-                      product("EXPOSURE_MAP", enabled_by=("expmap", "true"), folder=("object",))),
-            memory_gb=1.0),
+                      product("EXPOSURE_MAP", enabled_by=("expmap", "true"), folder=("object",)))),
         RecipeSpec(
             "muse_exp_combine", raw_tags=("PIXTABLE_REDUCED",), min_raw=2,
             calibrations=(_calib("OFFSET_LIST", required=False, source=SOURCE_USER),
@@ -333,6 +330,6 @@ def default_recipe_table() -> RecipeTable:
                       product("IMAGE_FOV", naming=NAMING_SEQUENCE, enabled_by=("save", "cube"),
                               folder=("object",)),
                       product("PIXTABLE_COMBINED", enabled_by=("save", "combined"), folder=("object",))),
-            default_parameters={"save": "cube", "filter": "white"}, memory_gb=8.0),
+            default_parameters={"save": "cube", "filter": "white"}),
     ]
     return RecipeTable(specs)

@@ -151,6 +151,10 @@ class Task:
         """A reason to skip (products intact and inputs unchanged), or None to run."""
         return None
 
+    def memory_need(self, threads: int) -> float:
+        """Peak memory (GB) when given ``threads`` threads."""
+        return self.memory_gb
+
     def prepare(self, threads: int):
         """Everything needed just before it starts (SOF, replay log); returns a :class:`Command` or, for a
         local task, a callable returning a message."""
@@ -298,10 +302,29 @@ class Scheduler:
                         elif capacity:
                             waiting = sum(1 for other in ready[index:] if other in pending and not other.local)
                             threads = self.thread_policy(task, free_cpus, waiting)
-                            memory = min(memory, capacity.memory_gb)  # an oversized job runs alone
+                            threads = max(1, min(threads, max(free_cpus, 1)))
+                            memory = task.memory_need(threads)
+                            if memory > capacity.memory_gb:
+                                smallest = task.memory_need(1)
+                                if smallest > capacity.memory_gb:
+                                    # Never started: it would be killed by the system, or thrash the machine.
+                                    pending.remove(task)
+                                    progress = True
+                                    results[task.name] = JobResult(
+                                        task.name, STATUS_FAILED,
+                                        message=f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory), "
+                                                f"more than the budget of {capacity.memory_gb:.1f} GB: give more "
+                                                "memory (memory_gb=...) or reduce fewer IFUs per job "
+                                                "(ifu_mode='fanout')")
+                                    logger.error("%s: %s", task.name, results[task.name].message)
+                                    task.record(results[task.name])
+                                    bar.update(1)
+                                    continue
+                                while threads > 1 and task.memory_need(threads) > capacity.memory_gb:
+                                    threads -= 1
+                                memory = task.memory_need(threads)
                             if running and (threads > free_cpus or memory > free_memory + 1e-9):
                                 continue
-                            threads = max(1, min(threads, max(free_cpus, 1)))
                         else:
                             threads = task.max_threads
                         pending.remove(task)

@@ -1,0 +1,92 @@
+"""How much memory each recipe run needs, from measurements.
+
+A recipe run's peak resident memory is modelled as
+
+    need = MARGIN x (base + per_ifu x active_ifus + per_ifu_exposure x ifus x exposures)
+
+- ``active_ifus``: the IFUs a per-IFU recipe (muse_bias ... muse_scibasic) holds at once: one when fanned out
+  (``--nifu=k``), one per thread in ESO's merged mode (``--nifu=-1``: IFUs are processed in parallel, one per
+  OpenMP thread);
+- ``ifus x exposures``: the pixel tables a post-processing recipe (muse_scipost, muse_exp_combine,
+  muse_create_sky, muse_standard) loads together.
+
+The coefficients come from the peak RSS of the recipes' processes (``os.wait4``, recorded as ``max_rss_mb`` in the
+job tables) on the simulated runs: one IFU through the whole chain (``bash scripts/demo.sh``) and the full field
+(``benchmarks/bench_full_field.py``), MUSE 2.8.7 on Debian. :data:`MARGIN` covers what differs between runs (real
+data have more bad pixels and cosmic rays; the measured spread between identical runs was under 5%).
+The scheduler never starts a job whose need exceeds the memory budget, and ``ifu_mode='auto'`` fans a recipe out
+per IFU when its merged run would not fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+__all__ = ["MemoryModel", "MARGIN", "MEMORY_MODELS", "memory_need"]
+
+#: Safety factor applied to every modelled need.
+MARGIN = 1.3
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Coefficients (GB) of one recipe's memory model (see the module documentation)."""
+
+    base: float
+    per_ifu: float = 0.0
+    per_ifu_exposure: float = 0.0
+
+    def need(self, active_ifus: int = 1, ifus: int = 1, exposures: int = 1) -> float:
+        """Modelled peak memory (GB, margin included)."""
+        return MARGIN * (self.base + self.per_ifu * max(active_ifus, 0)
+                         + self.per_ifu_exposure * max(ifus, 0) * max(exposures, 0))
+
+
+#: Measured coefficients per recipe (GB). One IFU of the simulated demo: muse_bias 0.87 GB, muse_flat 0.87,
+#: muse_wavecal 0.93, muse_lsf 1.26, muse_twilight 1.36, muse_scibasic 1.37, muse_standard 0.70,
+#: muse_create_sky 0.69, muse_scipost 0.69 (no sky) to 1.06 (sky model), muse_exp_combine 1.72 (2 exposures),
+#: muse_exp_align 0.28.
+MEMORY_MODELS = MappingProxyType({
+    "muse_bias": MemoryModel(base=0.25, per_ifu=0.62),
+    "muse_dark": MemoryModel(base=0.25, per_ifu=0.62),
+    "muse_flat": MemoryModel(base=0.25, per_ifu=0.62),
+    "muse_wavecal": MemoryModel(base=0.25, per_ifu=0.68),
+    "muse_lsf": MemoryModel(base=0.25, per_ifu=1.01),
+    "muse_twilight": MemoryModel(base=0.25, per_ifu=1.11),
+    "muse_scibasic": MemoryModel(base=0.25, per_ifu=1.12),
+    "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.45),
+    "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.44),
+    "muse_scipost": MemoryModel(base=0.25, per_ifu_exposure=0.81),
+    "muse_exp_align": MemoryModel(base=0.28),
+    "muse_exp_combine": MemoryModel(base=0.3, per_ifu_exposure=0.71),
+})
+
+#: Recipes processing one IFU at a time per thread (``--nifu``); the others hold every IFU's tables at once.
+_PER_IFU_RECIPES = frozenset({"muse_bias", "muse_dark", "muse_flat", "muse_wavecal", "muse_lsf", "muse_scibasic",
+                              "muse_twilight"})
+
+
+def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1, merged: bool = False,
+                models=MEMORY_MODELS) -> float:
+    """Modelled peak memory (GB) of one run of ``recipe``.
+
+    Parameters
+    ----------
+    recipe : str
+    ifus : int
+        IFUs the run handles (0 or 1 for merged products such as images).
+    exposures : int
+        Exposures whose data the run loads together.
+    threads : int
+        Threads it gets (in ESO's merged mode, IFUs run in parallel, one per thread).
+    merged : bool
+        ESO's in-process mode (``--nifu=-1``).
+    """
+    model = models.get(recipe)
+    if model is None:
+        return MARGIN * 1.0
+    ifus = max(int(ifus), 1)
+    if recipe in _PER_IFU_RECIPES:
+        active = min(max(int(threads), 1), ifus) if (merged or recipe == "muse_twilight") else 1
+        return model.need(active_ifus=active, ifus=0, exposures=0)
+    return model.need(active_ifus=0, ifus=ifus, exposures=max(int(exposures), 1))
