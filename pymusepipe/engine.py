@@ -300,6 +300,7 @@ class RecipeEngine:
         self._areas: dict = {}
         self.area_hooks: list = []          # callables(area) run before the first job of an area runs
         self._prepared_areas: set = set()
+        self._forced: set = set()
 
     def _ask_version(self) -> str:
         try:
@@ -610,7 +611,7 @@ class RecipeEngine:
     def _register_planned(self, job: Job):
         # Later plans may build on these products before they exist; a job with registered (done) products
         # keeps them until it runs again.
-        if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
+        if all(record.status not in ("done", "cleaned") for record in self.catalogue.of_job(job.name)):
             self._register(job, status="planned")
 
     # ------------------------------------------------------------------ running
@@ -637,6 +638,7 @@ class RecipeEngine:
                 job.missing.extend(item for item in found if item not in job.missing)
         self.check_missing(jobs)
         overwrite = self.overwrite if overwrite is None else overwrite
+        self._forced = set() if self.fakemode else self._remakes_of_cleaned(jobs, overwrite)
         if self.log is not None:
             self.log.stamp(f"{label or 'run'}: {len(jobs)} job(s)")
         tasks = [_EngineTask(self, job, overwrite) for job in jobs]
@@ -644,6 +646,53 @@ class RecipeEngine:
         report = StepReport(jobs, results)
         logger.info("%s: %s", label or "run", report.summary())
         return report
+
+    def _remakes_of_cleaned(self, jobs, overwrite) -> set:
+        """Jobs to run again because a job that will run reads products cleaned away since (their makers)."""
+        records = {record.path: record for record in self.catalogue.records}
+        by_name = {job.name: job for job in jobs}
+        forced = set()
+        for job in reversed(jobs):
+            inputs = [frame.path for frame in job.frames] + [p for a in job.associations for p in a.paths]
+            cleaned = [records[path] for path in inputs if path in records and records[path].status == "cleaned"]
+            if not cleaned:
+                continue
+            will_run = overwrite or job.name in forced or self._fingerprint_changed(job)
+            if will_run:
+                for record in cleaned:
+                    if record.job in by_name:
+                        forced.add(record.job)
+                        logger.info("%s: remade for %s (its product %s was cleaned)", record.job, job.name,
+                                    Path(record.path).name)
+        return forced
+
+    def _fingerprint_changed(self, job) -> bool:
+        previous = self.job_table(job.area, job.recipe).get(job.name)
+        return previous is None or previous.status != STATUS_DONE or previous.fingerprint != self.fingerprint_of(job)
+
+    def clean(self, records, *, reason: str) -> tuple:
+        """Delete product files to save disk, keeping their records (status ``cleaned``) so that resume knows
+        what they were; the deletions go to the replay log. Returns (files, bytes)."""
+        count = size = 0
+        touched = set()
+        for record in records:
+            path = Path(record.path)
+            if record.status != "done" or not path.is_file():
+                continue
+            size += path.stat().st_size
+            path.unlink()
+            count += 1
+            record.status = "cleaned"
+            touched.add(record.job)
+            if self.log is not None:
+                self.log.command(["rm", "-f", str(path)])
+        if self.log is not None and count:
+            self.log.comment(f"cleaned {count} file(s), {size / 1e9:.2f} GB: {reason}")
+        for area_key in {key for key in self._areas}:
+            catalogue = self.catalogue.get(area_key)
+            for recipe in {record.recipe for record in catalogue.records if record.job in touched}:
+                catalogue.save(recipe)
+        return count, size
 
     # --- what the tasks do (called by _EngineTask, in the scheduler's thread)
     def fingerprint_of(self, job: Job) -> str:
@@ -656,19 +705,24 @@ class RecipeEngine:
                            checksums=self._checksums())
 
     def _checksums(self) -> dict:
+        # A cleaned product (deleted to save disk) still stands for what it was in its consumers' fingerprints.
         return {record.path: record.checksum for record in self.catalogue.records
-                if record.status == "done" and record.checksum}
+                if record.status in ("done", "cleaned") and record.checksum}
 
     def changed_products(self, job: Job) -> list:
         """Required products of a done job that are missing or no longer what was made (size, time, then
         checksum): (path, what) pairs."""
-        records = {record.path: record for record in self.catalogue.of_job(job.name) if record.status == "done"}
+        records = {record.path: record for record in self.catalogue.of_job(job.name)
+                   if record.status in ("done", "cleaned")}
         changed = []
         for product in job.products:
             if not product.required:
                 continue
             path = str(product.destination)
             record = records.get(path)
+            if record is not None and record.status == "cleaned" and job.name not in self._forced:
+                continue  # removed on purpose once the final products were made
+
             try:
                 stat = Path(path).stat()
             except OSError:
@@ -684,7 +738,7 @@ class RecipeEngine:
         return changed
 
     def up_to_date(self, job: Job, overwrite: bool) -> str | None:
-        if self.fakemode or overwrite:
+        if self.fakemode or overwrite or job.name in self._forced:
             return None
         previous = self.job_table(job.area, job.recipe).get(job.name)
         if previous is None or previous.status != STATUS_DONE:
@@ -699,7 +753,7 @@ class RecipeEngine:
                 if self.log is not None:
                     self.log.comment(message)
             return None
-        if all(record.status != "done" for record in self.catalogue.of_job(job.name)):
+        if all(record.status not in ("done", "cleaned") for record in self.catalogue.of_job(job.name)):
             self._register(job, status="done")  # e.g. the products table was deleted
             self.area_catalogue(job.area).save(job.recipe)
         if self.log is not None:

@@ -296,6 +296,11 @@ class MusePipe:
                 status, summary = "done", sub.summary()
             if plan.note:
                 summary = f"{summary}; {plan.note}"
+            wrote = sum(max(record.size, 0) for job in plan.jobs
+                        if sub.results.get(job.name) is not None and sub.results[job.name].status == "done"
+                        for record in self.engine.catalogue.of_job(job.name) if record.status == "done")
+            if wrote:
+                summary = f"{summary}; wrote {_gigabytes(wrote)}"
             times = [(r.started, r.ended) for r in results if r.started]
             seconds = max(e for _, e in times) - min(s for s, _ in times) if times else 0.0
             failures = [[name, result.message, str(job.area.folder("esorex_log") / job.log_name) if job.log_name
@@ -445,7 +450,8 @@ class MusePipe:
                 "scipost": {"expotype": "OBJECT", "offset_list": True, "skymethod": "model"},
                 "scipost_sky": {"offset_list": False, "skymethod": "none"}}
 
-    def run_all_recipes(self, illum=True, fraction=0.8, first=None, last=None, parameters=None, graph=True):
+    def run_all_recipes(self, illum=True, fraction=0.8, first=None, last=None, parameters=None, graph=True,
+                        clean=False):
         """Plan every step of :data:`~pymusepipe.steps.STEPS` (or ``first`` to ``last``) and run them as one
         dependency graph: independent jobs overlap, a failed job's dependents are skipped, the rest goes on.
 
@@ -462,6 +468,8 @@ class MusePipe:
             (``{'muse_scipost': {...}}``); they also apply to the ``run_*`` steps called later on this object.
         graph : bool
             False runs the steps one after the other, each waiting for the previous (to compare).
+        clean : bool
+            Once the chain succeeded, delete the intermediate products (:meth:`clean`).
 
         Returns
         -------
@@ -484,7 +492,43 @@ class MusePipe:
             for name in names:
                 self.run_plans(self.plan_steps([name], options), label=name)
         logger.info("run_all_recipes: %d step(s) in %.0f s", len(names), time.monotonic() - start)
+        if clean:
+            self.clean()
         return self.steps
+
+    #: What :meth:`clean` can remove: name -> (step, tags).
+    INTERMEDIATE = {"pixtables": (("scibasic_all", ("PIXTABLE_OBJECT", "PIXTABLE_SKY")),
+                                  ("scipost", ("PIXTABLE_REDUCED",))),
+                    "prealign": (("prep_align", ("DATACUBE_FINAL",)),)}
+
+    def clean(self, what=("pixtables", "prealign")) -> tuple:
+        """Delete intermediate products once the final cube is made: the pixel tables (``pixtables``, about
+        0.4 GB per IFU and exposure) and the pre-alignment cubes (``prealign``).
+
+        Their records stay (status ``cleaned``, with their checksums): resume knows what they were, reports
+        the step as cleaned rather than missing, and makes them again only if a step that reads them must run
+        again. The deletions are in the replay log.
+
+        Returns
+        -------
+        (int, int)
+            Files and bytes removed.
+        """
+        unknown = set(what) - set(self.INTERMEDIATE)
+        if unknown:
+            raise ValueError(f"clean(what={sorted(unknown)}): expected some of {', '.join(self.INTERMEDIATE)}")
+        final = self.engine.catalogue.select(tag="DATACUBE_FINAL", step="combine_pointing", area=self.layout.base_dir)
+        single = self.engine.catalogue.select(tag="DATACUBE_FINAL", step="scipost", area=self.layout.base_dir)
+        if not final and not single:
+            raise StepInputError(f"clean: {self.layout.name} has no final cube yet: nothing is cleaned before it "
+                                 "is made")
+        records = [record for key in what for step, tags in self.INTERMEDIATE[key]
+                   for record in self.engine.catalogue.select(step=step, area=self.layout.base_dir)
+                   if record.tag in tags]
+        count, size = self.engine.clean(records, reason=f"intermediate products of {self.layout.name} "
+                                                       f"({', '.join(what)})")
+        logger.info("clean: %d file(s) removed, %s freed in %s", count, _gigabytes(size), self.layout.name)
+        return count, size
 
     def make_report(self, overwrite=False):
         """QC figures and the HTML report of this pointing (``Figures/index.html``)."""
@@ -560,6 +604,10 @@ def raise_for_failures(report: StepReport):
     skipped = report.with_status("skipped")
     more = f"\n{len(skipped)} job(s) depending on them were skipped" if skipped else ""
     raise StepFailedError(f"{len(failed)} job(s) failed ({report.summary()}):\n" + "\n".join(details) + more)
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
 
 
 def _show_messages():

@@ -292,9 +292,10 @@ class ProductCatalogue:
     def save(self, recipe: str):
         """Write ``<recipe>_products.fits`` (no-op for an in-memory catalogue)."""
         if self.tables_dir is not None:
-            # Only what exists is recorded: planned products live in memory for the run that plans them.
+            # Only what exists (or was cleaned on purpose) is recorded: planned products live in memory for the
+            # run that plans them.
             records = [self._stored(record) for record in self.records
-                       if record.recipe == recipe and record.status == "done"]
+                       if record.recipe == recipe and record.status in ("done", "cleaned")]
             write_table_atomically(_records_to_table(records, ProductRecord),
                                    self.tables_dir / f"{recipe}_products.fits")
 

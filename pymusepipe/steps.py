@@ -190,7 +190,7 @@ class StepContext:
         """Registered products (made, or planned in this run) as input frames, in time then IFU order."""
         records = self.engine.catalogue.select(tag=tag, step=step, qualifier=qualifier,
                                                area=area.base_dir if area is not None else None,
-                                               statuses=("done", "planned"))
+                                               statuses=("done", "planned", "cleaned"))
         frames = [InputFrame.from_product(record) for record in records]
         return sorted(frames, key=lambda frame: (frame.mjd, frame.ifu))
 
@@ -621,7 +621,7 @@ def plan_scipost_sky(ctx, **options):
 def plan_combine_pointing(ctx, offset_list=True, filter_list=None, output_wcs=None, **_):
     frames = [frame for frame in ctx.products("PIXTABLE_REDUCED", step="scipost", area=ctx.layout)]
     records = {record.path: record for record in ctx.engine.catalogue.select(
-        tag="PIXTABLE_REDUCED", step="scipost", area=ctx.layout.base_dir, statuses=("done", "planned"))}
+        tag="PIXTABLE_REDUCED", step="scipost", area=ctx.layout.base_dir, statuses=("done", "planned", "cleaned"))}
     frames = [frame for frame in frames if records[frame.path].qualifier != "unaligned"]
     ctx.require(frames, "PIXTABLE_REDUCED", "run_combine_pointing")
     if len(frames) < 2:

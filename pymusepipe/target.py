@@ -287,7 +287,7 @@ class MuseTarget:
         for number, context in contexts.items():
             records = self.engine.catalogue.select(tag="PIXTABLE_REDUCED", step="scipost",
                                                    area=self.pipes[number].layout.base_dir,
-                                                   statuses=("done", "planned"))
+                                                   statuses=("done", "planned", "cleaned"))
             frames.extend(context.products("PIXTABLE_REDUCED", step="scipost", area=self.pipes[number].layout))
             unaligned = {record.path for record in records if record.qualifier == "unaligned"}
             frames = [frame for frame in frames if frame.path not in unaligned]

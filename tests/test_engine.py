@@ -296,3 +296,33 @@ def test_parameter_typos_are_caught_when_planning(layout):
     with pytest.raises(ValueError, match="muse_bias has no parameter 'ovrscan'; did you mean 'overscan'"):
         engine.plan("muse_bias", [frames], ifus=[1], parameters={"ovrscan": "none"})
     assert engine.plan("muse_bias", [frames], ifus=[1], parameters={"overscan": "none"})
+
+
+def test_cleaned_products_keep_resume_and_are_remade_only_when_a_reader_runs_again(layout, fake_esorex, tmp_path,
+                                                                                  monkeypatch):
+    record = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_ESOREX_RECORD", str(record))
+    engine = _engine(layout, fake_esorex)
+    raw = layout.folder("raw")
+    bias_frames, flat_frames = _frames(raw, "BIAS", 60000.5), _frames(raw, "FLAT", 60000.6)
+
+    def run(**flat_parameters):
+        fresh = _engine(layout, fake_esorex)   # a new session each time: everything from the tables
+        jobs = fresh.plan("muse_bias", [bias_frames], ifus=[1]) + fresh.plan(
+            "muse_flat", [flat_frames], ifus=[1], parameters=flat_parameters or None)
+        report = fresh.run(jobs)
+        return fresh, [report.results[job.name].status for job in jobs]
+
+    engine, statuses = run()
+    assert statuses == ["done", "done"]
+    (master,) = [r for r in engine.catalogue.records if r.tag == "MASTER_BIAS"]
+    assert engine.clean([master], reason="test") == (1, master.size)
+    assert not Path(master.path).exists()
+    assert "rm -f" in engine.log.path.read_text()
+    # Nothing needs the master again: both jobs stay up to date, the master is reported cleaned, not missing.
+    engine, statuses = run()
+    assert statuses == ["uptodate", "uptodate"]
+    assert [r.status for r in engine.catalogue.records if r.tag == "MASTER_BIAS"] == ["cleaned"]
+    # The flat must run again (new parameter): the cleaned master is made again first.
+    engine, statuses = run(nsum=16)
+    assert statuses == ["done", "done"] and Path(master.path).is_file()

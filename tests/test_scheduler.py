@@ -173,3 +173,13 @@ def test_ctrl_c_stops_running_jobs_without_recording_a_failure(tmp_path):
     assert "after" not in info.value.results
     assert not any(event[0] in ("record", "discard") for event in events)
     assert str(info.value) == "interrupted; rerun to resume"
+
+
+def test_a_job_needing_more_memory_than_the_budget_is_never_started(tmp_path):
+    events = []
+    huge = CommandTask(tmp_path, "huge", ["sh", "-c", f"touch {tmp_path / 'ran'}"], memory_gb=50.0, events=events)
+    after = CommandTask(tmp_path, "after", ["true"], depends_on=("huge",), events=events)
+    results = _run([huge, after], cpus=[0, 1], memory_gb=4.0)
+    assert results["huge"].status == "failed" and "more than the budget of 4.0 GB" in results["huge"].message
+    assert results["after"].status == "skipped" and not (tmp_path / "ran").exists()
+    assert not any(event[:2] == ("prepare", "huge") for event in events)
