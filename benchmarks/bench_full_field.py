@@ -1,0 +1,143 @@
+"""Benchmark: a full 24-IFU field through the whole chain, in ESO's merged mode and fanned out per IFU.
+
+Simulates one night (calibrations, standard star) and one pointing of two OBJECT exposures with no offset sky
+(the sky is measured on the field), every IFU, raw files tile-compressed as the archive delivers them. Then,
+for each IFU mode, reduces it with ``run_all_recipes`` and prints, per recipe: jobs, the sum of their wall
+times, their CPU time (user + system of esorex and its children), the largest peak RSS measured, the memory
+model's prediction for that job (``pymusepipe.memory``), and the disk each step wrote. The final cube is
+measured against the truth (star positions and fluxes, the latter against the truth times the transparency).
+The products of a mode are deleted before the next (a full pointing writes tens of GB).
+
+Usage: python benchmarks/bench_full_field.py [--workdir DIR] [--modes merged,fanout] [--ifus 1-24] [--keep]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from pymusepipe.esorex import available_cpus
+from pymusepipe.memory import memory_need
+
+
+def _ifus(text):
+    ifus = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        ifus.extend(range(int(low), int(high or low) + 1))
+    return tuple(ifus)
+
+
+def _jobs(root: Path):
+    rows = []
+    for path in root.rglob("Astro_Tables/*_jobs.fits"):
+        if path.name.startswith("python"):
+            continue
+        for row in Table.read(path):
+            rows.append(row)
+    return rows
+
+
+def _disk_by_step(root: Path):
+    out = defaultdict(int)
+    for path in root.rglob("Astro_Tables/*_products.fits"):
+        table = Table.read(path)
+        for row in table:
+            if str(row["status"]) == "done" and int(row["size"]) > 0:
+                out[str(row["step"])] += int(row["size"])
+    return out
+
+
+def _report(root: Path, mode: str, wall: float):
+    print(f"\n== {mode} mode: chain wall time {wall:.0f} s")
+    print(f"{'recipe':<18}{'jobs':>5}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}{'model GB':>10}")
+    by_recipe = defaultdict(list)
+    for row in _jobs(root):
+        if str(row["status"]) == "done":
+            by_recipe[str(row["recipe"])].append(row)
+    total_cpu = 0.0
+    for recipe, rows in sorted(by_recipe.items()):
+        wall_sum = sum(float(r["duration"]) for r in rows)
+        cpu = sum(max(float(r["cpu_seconds"]), 0.0) for r in rows)
+        total_cpu += cpu
+        peak = max(rows, key=lambda r: float(r["max_rss_mb"]))
+        params = json.loads(str(peak["parameters"]))
+        ifus = len(str(peak["ifus"]).split(",")) if str(peak["ifus"]) else 1
+        merged = params.get("nifu") == -1
+        exposures = max(1, len({p.split("_")[-1] for p in json.loads(str(peak["inputs"]))})) \
+            if recipe in ("muse_exp_combine",) else 1
+        model = memory_need(recipe, ifus=ifus, exposures=exposures, threads=int(peak["threads"]) or 1,
+                            merged=merged)
+        print(f"{recipe:<18}{len(rows):>5}{wall_sum:>9.0f}{cpu:>9.0f}{float(peak['max_rss_mb']) / 1024:>13.2f}"
+              f"{model:>10.2f}")
+    print(f"esorex CPU {total_cpu:.0f} s over {wall:.0f} s wall on {len(available_cpus())} cores "
+          f"({100 * total_cpu / max(wall, 1):.0f} % busy)")
+    print(f"{'step':<18}{'disk written GB':>16}")
+    for step, size in sorted(_disk_by_step(root).items()):
+        print(f"{step:<18}{size / 1e9:>16.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir")
+    parser.add_argument("--modes", default="merged,fanout")
+    parser.add_argument("--ifus", default="1-24")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    from pymusepipe.demo import DEMO_FILTER, compare_with_truth
+    from pymusepipe.musepipe import MusePipe
+    from pymusepipe.simulate import simulate_programme, survey_programme
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_full_field_")).absolute()
+    source = workdir / "simulated"
+    ifus = _ifus(args.ifus)
+    start = time.monotonic()
+    if not (source / "Config" / "rc.dic").is_file():
+        simulate_programme(source, survey_programme(nights=1, obs_per_night=1, exposures=2, offset_sky=False,
+                                                    ifus=ifus, compress=True), overwrite=True)
+    print(f"simulation of {len(ifus)} IFU(s): {time.monotonic() - start:.0f} s, "
+          f"{sum(f.stat().st_size for f in source.rglob('*.fits*')) / 1e9:.1f} GB in {source}", flush=True)
+    for mode in args.modes.split(","):
+        root = workdir / mode
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(source, root, copy_function=os.link)   # raw frames are read-only: links suffice
+        rc, cal = root / "Config" / "rc.dic", root / "Config" / "calib_tables.dic"
+        rc.write_text(rc.read_text().replace(str(source), str(root)))
+        pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=True, ifu_mode=mode,
+                        filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
+        start = time.monotonic()
+        failure = None
+        try:
+            pipe.run_all_recipes()
+        except Exception as error:  # noqa: BLE001 - report what ran, then the failure
+            failure = error
+        wall = time.monotonic() - start
+        _report(root, mode, wall)
+        print(pipe.status())
+        if failure is not None:
+            print(f"{mode}: the chain failed: {failure}")
+        else:
+            truth = json.loads((root / "SIMGAL" / "truth.json").read_text())
+            result = compare_with_truth(pipe, truth)
+            stars = result["stars"]
+            if len(stars):
+                offsets = np.asarray(stars["offset"])
+                ratios = np.asarray(stars["flux_ratio"]) / result["transparency"]
+                print(f"final cube vs truth: {len(stars)} stars, position error median {np.median(offsets):.3f}\" "
+                      f"max {offsets.max():.3f}\"; flux / (truth x transparency) median {np.median(ratios):.3f} "
+                      f"({ratios.min():.3f}-{ratios.max():.3f})", flush=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
