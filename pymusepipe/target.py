@@ -32,7 +32,7 @@ from .layout import TargetLayout, pointing_folder_name
 from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures
 from .products import PlannedProduct
 from .state import PointingState, StepStatus
-from .steps import (StepContext, StepPlan, plan_align_bygroup, plan_align_bypointing, plan_bias,
+from .steps import (STEPS, StepContext, StepPlan, plan_align_bygroup, plan_align_bypointing, plan_bias,
                     plan_combine_pointing, plan_flat, plan_lsf, plan_prep_align, plan_scibasic_all, plan_scipost,
                     plan_scipost_sky, plan_sky, plan_standard, plan_twilight, plan_wave)
 
@@ -187,9 +187,22 @@ class MuseTarget:
         plans.update(self.plan_science(illum=illum, fraction=fraction, mosaic=mosaic))
         return plans
 
+    @property
+    def is_single_pointing(self) -> bool:
+        """One pointing and no reference image: the target is reduced as its pointing is (muse_exp_align's
+        relative offsets, the pointing's combined cube), with no target-level alignment or mosaic."""
+        return len(self.pipes) == 1 and self.reference is None
+
     def plan_science(self, illum=True, fraction=0.8, mosaic=True) -> OrderedDict:
         """Plan everything after the nights' calibrations (see :meth:`plan`)."""
         plans = OrderedDict()
+        if self.is_single_pointing:
+            ((number, pipe),) = self.pipes.items()
+            context = pipe.context()
+            options = pipe.chain_options(illum=illum, fraction=fraction)
+            options["scibasic_all"]["expotypes"] = ("OBJECT", "SKY")
+            plans[number] = pipe.plan_steps([name for name in STEPS if name not in NIGHT_STEPS], options, context)
+            return plans
         contexts = OrderedDict((number, pipe.context()) for number, pipe in self.pipes.items())
         for number, context in contexts.items():
             plans[number] = [plan_scibasic_all(context, illum=illum, expotypes=("OBJECT", "SKY")),

@@ -101,7 +101,11 @@ def test_a_sample_plans_each_night_once_for_every_target(survey):
     ngc2000 = sample.targets["NGC2000"].pipes[1]
     (scibasic, *_) = [job for job in ngc2000.steps["scibasic_all"].report.jobs]
     assert "MASTER_FLAT" in scibasic.calibration_paths()
-    assert sum(job.recipe == "muse_exp_combine" and job.step == "mosaic" for job in report.jobs) == 2
+    # NGC1000's three pointings make a mosaic; NGC2000, one pointing and no reference, is reduced as its pointing.
+    assert [job.area.name for job in report.jobs if job.step == "mosaic" and job.recipe == "muse_exp_combine"] == [
+        "NGC1000 (target)"]
+    assert [job.area.name for job in report.jobs if job.step == "combine_pointing"] == ["NGC2000/P01"]
+    assert not any(job.step == "align_target" and job.area.name.startswith("NGC2000") for job in report.jobs)
 
 
 def test_sample_descriptions(tmp_path):
