@@ -1,0 +1,351 @@
+"""Real MUSE programme shapes reduced through the real ESO recipes, checked against the simulator's truth.
+
+One two-night programme (``pymusepipe.simulate.example_programme``, 1 IFU) holds the shapes real data come in:
+
+* ``DEMO``: one OB with an offset-sky exposure;
+* ``NOSKY``: one OB without offset sky (the sky is measured on the object exposures);
+* ``TWONIGHTS``: one pointing observed on both nights (its own calibrations, pointing errors, seeing and
+  transparency each night; no offset sky the second night);
+* ``MOSAIC``: three overlapping pointings over the two nights, aligned to a reference image.
+
+It is reduced **once**, as one sample graph on a Dask LocalCluster (``MuseSample``): each night's calibrations
+are made once and used by every target. The tests then read products and tables. Two smaller reductions build
+on it: an archive download holding master calibrations instead of raw ones (the same science frames), and a
+new session resuming the reduction.
+"""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from pymusepipe.demo import DEMO_FILTER
+from pymusepipe.musepipe import MusePipe
+from pymusepipe.truthcheck import measure_point_sources, sky_line_residuals
+
+pytestmark = pytest.mark.esorex
+
+FILTERS = f"white,{DEMO_FILTER}"
+
+
+@pytest.fixture(scope="session")
+def programme(tmp_path_factory):
+    from pymusepipe.simulate import example_programme, simulate_programme
+
+    root = tmp_path_factory.mktemp("programme") / "data"
+    run = simulate_programme(root, example_programme(seed=5))
+    yield run
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sample(programme):
+    """Every target reduced as one graph through Dask (2 workers of 1 core: this machine's 2 cores)."""
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    from pymusepipe.dask_executor import local_cluster
+    from pymusepipe.sample import MuseSample
+
+    mosaic = programme.targets["MOSAIC"]["reference_image"]
+    with local_cluster(n_workers=2, cpus_per_worker=1, memory_gb_per_worker=9.0) as cluster, \
+            distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        reduction = MuseSample(["DEMO", "NOSKY", "TWONIGHTS", "MOSAIC"], programme.rc_file, programme.cal_file,
+                               references={"MOSAIC": programme.root / mosaic["file"]}, executor="dask",
+                               client=client, filter_list=FILTERS, filter_for_alignment=DEMO_FILTER,
+                               pointing_cubes=True, logfile="sample.log", reset_log=True)
+        reduction.run_all_recipes()
+    return reduction
+
+
+def _truth(programme, target):
+    return programme.targets[target]
+
+
+def _exposures(truth, kind="OBJECT"):
+    return [entry for entry in truth["exposures"] if entry["kind"] == kind]
+
+
+def _pointing_image(pipe, label=None):
+    label = label or f"{pipe.targetname}_{pipe.layout.pointing_name}"
+    return pipe.layout.folder("object") / f"IMAGE_FOV_{DEMO_FILTER}_{label}.fits"
+
+
+def _stars(image, truth):
+    seeing = float(np.median([e["seeing_fwhm_arcsec"] for e in _exposures(truth)]))
+    return measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing)
+
+
+def _check_stars(stars, scale, *, tolerance_flux):
+    """Positions: median within 0.02" (the largest scatter allowed about any common shift); fluxes: each within
+    ``tolerance_flux`` of the truth times ``scale``."""
+    assert len(stars) >= 5, f"only {len(stars)} stars measurable"
+    offsets = np.hypot(stars["d_ra"], stars["d_dec"])
+    assert np.median(offsets) <= 0.02, np.round(offsets, 3)
+    ratios = np.asarray(stars["flux_ratio"]) / scale
+    assert np.all(np.abs(ratios - 1) < tolerance_flux), np.round(ratios, 3)
+
+
+# ------------------------------------------------------------------------------------------ calibrations
+def test_each_night_is_calibrated_once_and_its_science_uses_its_own_masters(sample, programme):
+    root = Path(programme.root)
+    nights = sorted(path.name for path in (root / "Calibrations").iterdir() if path.name[:2] == "20")
+    assert nights == ["2026-03-14", "2026-03-15"]
+    for night in nights:
+        jobs = Table.read(root / "Calibrations" / night / "Astro_Tables" / "muse_bias_jobs.fits")
+        assert len(jobs) == 1 and jobs["status"][0] == "done", night   # once, whatever target holds the frames
+    # Every science exposure's pixel table was made with the masters of its own night.
+    for target in ("DEMO", "NOSKY", "TWONIGHTS", "MOSAIC"):
+        truth = _truth(programme, target)
+        nights_of = {entry["date_obs"]: entry["night_date"] for entry in _exposures(truth)}
+        for pipe in sample.targets[target].pipes.values():
+            jobs = Table.read(pipe.layout.folder("astro_tables") / "muse_scibasic_jobs.fits")
+            for row in jobs:
+                inputs = json.loads(row["inputs"])
+                date_obs = fits.getheader(root / inputs[0])["DATE-OBS"]
+                if date_obs not in nights_of:
+                    continue
+                calibrations = json.loads(row["calibrations"])
+                for tag in ("MASTER_BIAS", "MASTER_FLAT", "WAVECAL_TABLE", "TWILIGHT_CUBE"):
+                    (path,) = calibrations[tag]["paths"]
+                    assert path.startswith(f"Calibrations/{nights_of[date_obs]}/"), (row["job"], tag, path)
+
+
+# ------------------------------------------------------------------------------------------ DEMO: offset sky
+def test_offset_sky_pointing_stars_at_true_positions_and_fluxes(sample, programme):
+    truth = _truth(programme, "DEMO")
+    pipe = sample.targets["DEMO"].pipes[1]
+    assert pipe.steps["sky"].status == "done" and "offset-sky" in pipe.steps["sky"].summary
+    transparency = float(np.mean([e["transparency"] for e in _exposures(truth)]))
+    # muse_exp_align measures no flux scale: the combined flux is the truth times the mean transparency.
+    _check_stars(_stars(_pointing_image(pipe), truth), transparency, tolerance_flux=0.03)
+
+
+def test_velocity_field_of_the_disc(sample, programme):
+    from pymusepipe.truthcheck import measure_velocity_field
+
+    truth = _truth(programme, "DEMO")
+    pipe = sample.targets["DEMO"].pipes[1]
+    cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_DEMO_{pipe.layout.pointing_name}.fits"
+    field = measure_velocity_field(cube, truth)
+    assert len(field) >= 10
+    assert np.median(np.abs(field["measured"] - field["model"])) <= 3.0
+
+
+# ------------------------------------------------------------------------------------------ NOSKY
+def test_sky_measured_on_the_object_leaves_small_residuals_at_the_bright_lines(sample, programme):
+    truth = _truth(programme, "NOSKY")
+    pipe = sample.targets["NOSKY"].pipes[1]
+    assert "measured on 2 object exposure(s)" in pipe.steps["sky"].summary
+    jobs = Table.read(pipe.layout.folder("astro_tables") / "muse_create_sky_jobs.fits")
+    assert all("measured on the object exposure itself" in note for note in jobs["note"])
+    cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_NOSKY_{pipe.layout.pointing_name}.fits"
+    residuals = sky_line_residuals(cube, truth)
+    bright = residuals[residuals["injected"] >= 0.2 * residuals["injected"].max()]
+    assert len(bright) >= 5
+    assert np.all(np.abs(bright["residual"]) < 0.05 * bright["injected"]), bright
+    transparency = float(np.mean([e["transparency"] for e in _exposures(truth)]))
+    _check_stars(_stars(_pointing_image(pipe), truth), transparency, tolerance_flux=0.03)
+
+
+# ------------------------------------------------------------------------------------------ TWONIGHTS
+def test_two_nights_one_offset_list_covering_every_exposure(sample, programme):
+    truth = _truth(programme, "TWONIGHTS")
+    pipe = sample.targets["TWONIGHTS"].pipes[1]
+    exposures = {entry["date_obs"][:23]: entry for entry in _exposures(truth)}
+    assert len({entry["night_date"] for entry in exposures.values()}) == 2
+    table = fits.getdata(pipe.offset_list, 1)
+    assert {row["DATE_OBS"][:23] for row in table} == set(exposures)
+    first = exposures[min(exposures)]
+    for row in table:
+        entry = exposures[row["DATE_OBS"][:23]]
+        expected_ra = entry["pointing_error_deg"]["ra"] - first["pointing_error_deg"]["ra"]
+        expected_dec = entry["pointing_error_deg"]["dec"] - first["pointing_error_deg"]["dec"]
+        cos_dec = np.cos(np.radians(entry["dec_true"]))
+        assert abs(row["RA_OFFSET"] - expected_ra) * 3600 * cos_dec < 0.05, row["DATE_OBS"]
+        assert abs(row["DEC_OFFSET"] - expected_dec) * 3600 < 0.05, row["DATE_OBS"]
+    # Combination reads every exposure of both nights.
+    combine = Table.read(pipe.layout.folder("astro_tables") / "muse_exp_combine_jobs.fits")
+    (row,) = combine
+    assert len(json.loads(row["inputs"])) == len(exposures)
+    transparency = float(np.mean([e["transparency"] for e in exposures.values()]))
+    _check_stars(_stars(_pointing_image(pipe), truth), transparency, tolerance_flux=0.03)
+
+
+# ------------------------------------------------------------------------------------------ MOSAIC
+def test_mosaic_on_the_reference_photometric_scale(sample, programme):
+    truth = _truth(programme, "MOSAIC")
+    target = sample.targets["MOSAIC"]
+    assert target.steps["align_target"].status == "done" and target.steps["mosaic"].status == "done"
+    offsets = fits.getdata(target.offset_list, 1)
+    assert len(offsets) == len(_exposures(truth)) and np.all(np.isfinite(offsets["FLUX_SCALE"]))
+    images = target.mosaic_products()["IMAGE_FOV"]
+    (image,) = [path for path in images if DEMO_FILTER in path.name]
+    # Flux scales applied: fluxes on the reference's (photometric) scale, no transparency factor.
+    _check_stars(_stars(image, truth), 1.0, tolerance_flux=0.02)
+
+
+def test_mosaic_pointings_agree_in_their_overlaps(sample, programme):
+    target = sample.targets["MOSAIC"]
+    cubes = []
+    for pipe in target.pipes.values():
+        cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_MOSAIC_{pipe.layout.pointing_name}.fits"
+        with fits.open(cube) as hdul:
+            cubes.append((hdul["DATA"].header["NAXIS1"], hdul["DATA"].header["NAXIS2"],
+                          np.nanmean(hdul["DATA"].data[1200:2400], axis=0),
+                          np.sqrt(np.nanmean(hdul["STAT"].data[1200:2400], axis=0) / 1200)))
+    assert len({(nx, ny) for nx, ny, _, _ in cubes}) == 1, "pointing cubes are not on one grid"
+    compared = 0
+    for i in range(len(cubes)):
+        for j in range(i + 1, len(cubes)):
+            a, sa = cubes[i][2], cubes[i][3]
+            b, sb = cubes[j][2], cubes[j][3]
+            both = np.isfinite(a) & np.isfinite(b)
+            if both.sum() < 20:
+                continue
+            deviation = (a[both] - b[both]) / np.hypot(sa[both], sb[both])
+            assert np.median(np.abs(deviation)) < 3.0 and np.mean(np.abs(deviation) < 3) > 0.95, (i, j)
+            compared += 1
+    assert compared >= 2   # P01-P02 and P02-P03 overlap
+
+
+# ------------------------------------------------------------------------------------------ sessions
+def test_a_new_session_resumes_without_running_any_recipe(sample, programme):
+    pipe = MusePipe("DEMO", 1, programme.rc_file, programme.cal_file, filter_list=FILTERS,
+                    filter_for_alignment=DEMO_FILTER, logfile="resume.log")
+    cube = pipe.layout.folder("object") / "DATACUBE_FINAL_DEMO_P01.fits"
+    before = fits.getdata(cube, "DATA")
+    assert pipe.offset_list == sample.targets["DEMO"].pipes[1].offset_list   # the decision, from the tables
+    pipe.run_all_recipes()
+    statuses = {result.status for step in pipe.steps.values() if step.report is not None
+                for result in step.report.results.values()}
+    assert statuses == {"uptodate"}, statuses
+    assert np.array_equal(fits.getdata(cube, "DATA"), before, equal_nan=True)
+
+
+@pytest.fixture(scope="session")
+def masters_only(sample, programme, tmp_path_factory):
+    """An archive download of DEMO's science frames with the night's masters instead of raw calibrations."""
+    from pymusepipe.simulate import write_archive_masters
+
+    root = Path(programme.root)
+    other = tmp_path_factory.mktemp("archive") / "data"
+    raw = other / "DEMO" / "P01" / "Raw"
+    raw.mkdir(parents=True)
+    for entry in _truth(programme, "DEMO")["exposures"]:
+        if entry["kind"] in ("OBJECT", "SKY", "ILLUM"):
+            os.link(root / entry["file"], raw / Path(entry["file"]).name)
+    night = root / "Calibrations" / "2026-03-14"
+    masters = {}
+    for table in night.glob("Astro_Tables/*_products.fits"):
+        for row in Table.read(table):
+            if row["tag"] in ("MASTER_BIAS", "MASTER_FLAT", "TRACE_TABLE", "WAVECAL_TABLE", "LSF_PROFILE",
+                              "TWILIGHT_CUBE", "STD_RESPONSE", "STD_TELLURIC"):
+                masters.setdefault(str(row["tag"]), []).append(root / row["path"])
+    write_archive_masters(raw, masters)
+    rc = other / "rc.dic"
+    rc.write_text(programme.rc_file.read_text().replace(str(root), str(other)))
+    pipe = MusePipe("DEMO", 1, rc, programme.cal_file, filter_list=FILTERS, filter_for_alignment=DEMO_FILTER,
+                    logfile="masters.log", reset_log=True)
+    pipe.run_all_recipes()
+    return pipe
+
+
+def test_a_masters_only_download_gives_the_same_cube(masters_only, sample):
+    for step in ("bias", "flat", "wave", "lsf", "twilight", "standard"):
+        assert masters_only.steps[step].status == "skipped", step
+        assert "archive master used" in masters_only.steps[step].summary, step
+    jobs = Table.read(masters_only.layout.folder("astro_tables") / "muse_scibasic_jobs.fits")
+    assert all("archive master" in entry["rule"] for row in jobs
+               for tag, entry in json.loads(row["calibrations"]).items() if tag == "MASTER_BIAS")
+    reference = fits.getdata(sample.targets["DEMO"].pipes[1].layout.folder("object") /
+                             "DATACUBE_FINAL_DEMO_P01.fits", "DATA")
+    cube = fits.open(masters_only.layout.folder("object") / "DATACUBE_FINAL_DEMO_P01.fits")
+    data, stat = cube["DATA"].data, cube["STAT"].data
+    both = np.isfinite(reference) & np.isfinite(data)
+    assert both.mean() > 0.9 * np.isfinite(reference).mean()
+    deviation = (data[both] - reference[both]) / np.sqrt(stat[both])
+    assert np.percentile(np.abs(deviation), 99) < 0.5   # the same masters and frames: far within the noise
+
+
+def test_the_replay_log_redoes_the_reduction_from_a_fresh_copy_of_raw(masters_only, tmp_path):
+    pointing = masters_only.layout.pointing_dir
+    cube = masters_only.layout.folder("object") / "DATACUBE_FINAL_DEMO_P01.fits"
+    first = pointing.parent / "first_reduction"
+    pointing.rename(first)
+    try:
+        (pointing / "Raw").parent.mkdir()
+        shutil.copytree(first / "Raw", pointing / "Raw")
+        result = subprocess.run(["bash", str(first / "Log" / "masters.log")], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        replayed = fits.getdata(cube, "DATA")
+        original = fits.getdata(first / cube.relative_to(pointing), "DATA")
+        finite = np.isfinite(original)
+        assert np.array_equal(finite, np.isfinite(replayed))
+        np.testing.assert_allclose(replayed[finite], original[finite], rtol=1e-5, atol=1e-3)
+    finally:
+        shutil.rmtree(pointing, ignore_errors=True)
+        first.rename(pointing)
+
+
+def test_fakemode_writes_the_same_esorex_commands_as_the_real_run(sample, programme):
+    """A dry run on the reduced data plans every job again and writes, commented out, the very commands the
+    real run wrote (threads aside); it creates nothing."""
+    import re
+
+    real_log = Path(sample.engine.log.path).read_text()
+    fake = MusePipe("NOSKY", 1, programme.rc_file, programme.cal_file, filter_list=FILTERS,
+                    filter_for_alignment=DEMO_FILTER, fakemode=True, logfile="fake.log", reset_log=True)
+    before = sorted(str(path) for path in fake.layout.pointing_dir.rglob("*") if path.is_file())
+    fake.run_all_recipes()
+    fake_log = fake.engine.log.path.read_text()
+
+    def commands(text, prefix=""):
+        """The esorex command lines of a log (what follows the thread count)."""
+        found = set()
+        for line in text.splitlines():
+            match = re.search(r"OMP_NUM_THREADS=\d+ (esorex .*)\)$", line.removeprefix(prefix))
+            if match:
+                found.add(match.group(1))
+        return found
+
+    planned = commands(fake_log, "# [fakemode] ")
+    assert len(planned) >= 10 and planned <= commands(real_log), planned - commands(real_log)
+    after = sorted(str(path) for path in fake.layout.pointing_dir.rglob("*") if path.is_file())
+    assert set(before) <= set(after) and set(after) - set(before) <= {str(fake.engine.log.path)}
+
+
+def test_a_failing_recipe_stops_its_dependents_and_a_rerun_resumes(programme, tmp_path):
+    """A broken LINE_CATALOG makes muse_wavecal fail; what depends on it is skipped, the rest ran; fixing it
+    and rerunning redoes only what is needed."""
+    from pymusepipe.config import read_calib_file
+    from pymusepipe.musepipe import StepFailedError
+
+    root = tmp_path / "data"
+    raw = root / "DEMO" / "P01" / "Raw"
+    shutil.copytree(Path(programme.root) / "DEMO" / "P01" / "Raw", raw, copy_function=os.link)
+    calib = tmp_path / "calib"
+    shutil.copytree(programme.musecalib, calib)
+    catalog = calib / read_calib_file(programme.cal_file)["line_catalog"]
+    good = catalog.read_bytes()
+    with fits.open(catalog, mode="update") as hdul:
+        hdul[0].header["VERSION"] = 1          # the recipe requires VERSION = 3
+    pipe = MusePipe("DEMO", 1, musecalib=calib, root=root, logfile="fail.log",
+                    calib_tables={"line_catalog": catalog.name})
+    with pytest.raises(StepFailedError) as info:
+        pipe.run_all_recipes(last="wave")
+    message = str(info.value)
+    assert "muse_wavecal" in message and "tail of the esorex log" in message and "[ ERROR ]" in message
+    assert pipe.steps["bias"].status == "done" and pipe.steps["flat"].status == "done"
+    assert pipe.steps["wave"].status == "failed"
+    catalog.write_bytes(good)
+    again = MusePipe("DEMO", 1, musecalib=calib, root=root, logfile="fail.log",
+                     calib_tables={"line_catalog": catalog.name})
+    again.run_all_recipes(last="wave")
+    assert again.steps["bias"].report.with_status("uptodate")
+    assert again.steps["flat"].report.with_status("uptodate")
+    assert again.steps["wave"].report.with_status("done")
