@@ -364,26 +364,54 @@ def _format_ns(value: int) -> str:
     return datetime.datetime.fromtimestamp(value / 1e9, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _load_area(area, root: Path) -> list:
-    """Every job of an area's job tables, with its registered products."""
-    from .products import JobTable, ProductCatalogue
+#: (path, size, mtime_ns, root) -> records read from a table: the status of a pointing, its target and the
+#: sample read the same tables; a refresh after each run must not read them three times.
+_RECORDS_CACHE = {}
+_RECORDS_CACHE_SIZE = 1024
 
+
+def read_records(path, kind: str, root) -> list:
+    """The records of a ``*_jobs.fits`` (``kind='job'``) or ``*_products.fits`` (``kind='product'``) table, paths
+    absolute; read once per version of the file (size and modification time) in this process."""
+    from astropy.table import Table
+
+    from .layout import resolve_from_root
+    from .products import JobRecord, ProductRecord, _convert_paths, _table_to_records
+
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, str(root), kind)
+    if key not in _RECORDS_CACHE:
+        record_type = JobRecord if kind == "job" else ProductRecord
+        records = _table_to_records(Table.read(path), record_type)
+        _RECORDS_CACHE[key] = [_convert_paths(record, record_type, lambda text: resolve_from_root(text, root))
+                               for record in records]
+        if len(_RECORDS_CACHE) > _RECORDS_CACHE_SIZE:
+            _RECORDS_CACHE.pop(next(iter(_RECORDS_CACHE)))
+    return list(_RECORDS_CACHE[key])
+
+
+def area_records(area, kind: str) -> list:
+    """Every job (``kind='job'``) or product (``kind='product'``) record of an area's tables."""
     tables = area.folder("astro_tables")
     if not tables.is_dir():
         return []
-    catalogue = ProductCatalogue(tables, root=root)
-    jobs = []
-    for path in sorted(tables.glob("*_jobs.fits")):
-        recipe = path.name[:-len("_jobs.fits")]
+    records = []
+    for path in sorted(tables.glob(f"*_{kind}s.fits")):
         try:
-            table = JobTable(tables, recipe, root=root)
+            records.extend(read_records(path, kind, area.root))
         except (OSError, ValueError) as error:
-            logger.warning("job table %s unreadable: %s", path, error)
-            continue
-        for record in table.records.values():
-            products = [product for product in catalogue.of_job(record.job) if product.status == "done"]
-            jobs.append(_Job(record, area.name, products, _parse_time_ns(record.started)))
-    return jobs
+            logger.warning("table %s unreadable: %s", path, error)
+    return records
+
+
+def _load_area(area, root: Path) -> list:
+    """Every job of an area's job tables, with its registered products."""
+    products = {}
+    for record in area_records(area, "product"):
+        if record.status == "done":
+            products.setdefault(record.job, []).append(record)
+    return [_Job(record, area.name, products.get(record.job, []), _parse_time_ns(record.started))
+            for record in area_records(area, "job")]
 
 
 class _JobGraph:

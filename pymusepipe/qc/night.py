@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from .pages import REPORT_NAME, escape, href, now_utc, page_head, table_html, write_page
+from .pages import REPORT_NAME, escape, href, now_utc, page_exists, page_head, table_html, write_page
 from .report import (NIGHT_TAGS, contents, figure_sections, find_products, job_records, job_tables,
                      load_qc_cache, make_figures, qc_keywords, steps_section)
 
@@ -93,7 +93,7 @@ def build_night_report(night_layout, *, overwrite: bool = False, figures_dir=Non
     areas = sorted({user[0] for uses in users.values() for user in uses if not user[0].startswith("night")})
     candidates = [("sample", sample_page_path(night_layout.root, night_layout.names))] + \
         [(name, night_layout.root / name / night_layout.names["figures"] / REPORT_NAME) for name in areas]
-    nav = [(label, href(path, page_dir)) for label, path in candidates if path.exists()]
+    nav = [(label, href(path, page_dir)) for label, path in candidates if page_exists(path)]
     parts = [page_head(title, nav)]
     parts.append(f"<p>The master calibrations and standard star of the night starting on {escape(night_layout.night)}"
                  f" (<code>{escape(night_layout.base_dir)}</code>), shared by every pointing observed that night; "

@@ -5,13 +5,14 @@ which a browser would read as a URL scheme), written atomically so that a browse
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import os
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["STYLE", "REPORT_NAME", "href", "link", "escape", "write_page", "page_head", "status_badge", "table_html",
+__all__ = ["STYLE", "REPORT_NAME", "href", "link", "page_exists", "planned_pages", "escape", "write_page", "page_head", "status_badge", "table_html",
            "now_utc", "figure_html", "note_html"]
 
 REPORT_NAME = "index.html"
@@ -42,9 +43,28 @@ def href(target, page_dir) -> str:
     return quote(os.path.relpath(Path(target), Path(page_dir)).replace(os.sep, "/"))
 
 
+#: Pages that the refresh under way will write: they may be linked before they exist.
+_PLANNED: set = set()
+
+
+@contextlib.contextmanager
+def planned_pages(paths):
+    """Within this block, :func:`page_exists` is true for ``paths`` (pages written later in the same refresh)."""
+    added = {Path(path).absolute() for path in paths} - _PLANNED
+    _PLANNED.update(added)
+    try:
+        yield
+    finally:
+        _PLANNED.difference_update(added)
+
+
+def page_exists(path) -> bool:
+    return Path(path).absolute() in _PLANNED or Path(path).exists()
+
+
 def link(target, page_dir, label) -> str:
     """A link to ``target`` if it exists, else the label alone with "(no page yet)": pages never link nowhere."""
-    if Path(target).exists():
+    if page_exists(target):
         return f"<a href='{href(target, page_dir)}'>{escape(label)}</a>"
     return f"{escape(label)} <span class='note'>(no page yet)</span>"
 

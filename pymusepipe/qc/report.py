@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .pages import REPORT_NAME, escape, figure_html, href, now_utc, page_head, status_badge, table_html, write_page
+from .pages import (REPORT_NAME, escape, figure_html, href, now_utc, page_exists, page_head, planned_pages,
+                    status_badge, table_html, write_page)
 
 __all__ = ["FigureEntry", "ProductFile", "FIGURE_KINDS", "find_products", "make_figures", "build_report",
            "refresh_report", "REPORT_NAME"]
@@ -439,9 +440,12 @@ def _residual_entries(layout, products: dict, page_dir: Path, overwrite: bool) -
     entries = []
     for cube in cubes:
         mode = _mode_of(cube.path)
+        notch = figures.NAD_NOTCH.get(mode.upper())
+        caption = (f"mode {mode}: NaD notch of {mode} ({notch[0]:.0f}-{notch[1]:.0f} Angstrom) shaded" if notch
+                   else f"mode {mode or 'unknown'}: no laser notch") + "; grey: planes with no data (NaN)"
         entries.append(draw(section, cube.path.name, page_dir / f"{cube.path.stem}_skyresidual.png", [cube.path],
                             lambda png, path=cube.path, mode=mode: figures.sky_residuals(path, png, mode=mode),
-                            overwrite=overwrite))
+                            overwrite=overwrite, caption=caption))
     return entries
 
 
@@ -461,7 +465,7 @@ def _nav(layout, page_dir: Path, nights) -> list:
     pages = [("sample", sample_page_path(layout.root, layout.names)),
              (f"target {layout.target}", target_page_path(layout.root, layout.target, layout.names))]
     pages += [(f"night {night}", layout.night_layout(night).folder("figures") / REPORT_NAME) for night in nights]
-    return [(label, href(path, page_dir)) for label, path in pages if path.exists()]
+    return [(label, href(path, page_dir)) for label, path in pages if page_exists(path)]
 
 
 def _pointing_naming(layout) -> tuple:
@@ -554,6 +558,7 @@ def refresh_report(layout, *, overwrite: bool = False, nights: bool = True, targ
         The pointing's ``index.html``.
     """
     from ..status import pointing_status, sample_status, target_status
+    from .target import sample_page_path, target_page_path
 
     str_pointing, ndigits = _pointing_naming(layout)
     naming = {"folders": layout._renamed(), "str_pointing": str_pointing, "ndigits": ndigits}
@@ -567,22 +572,22 @@ def refresh_report(layout, *, overwrite: bool = False, nights: bool = True, targ
     status = next((item for item in target_view.pointings if item.base_dir == layout.base_dir), None) \
         if target_view is not None else None
     status = status if status is not None else pointing_status(layout)
-    page_dir = layout.folder("figures")
-    links_before = _nav(layout, page_dir, status.nights)
-    page = build_report(layout, overwrite=overwrite, status=status)
-    if nights:
-        from .night import build_night_report
+    pages = [layout.night_layout(night).folder("figures") / REPORT_NAME for night in status.nights] * nights
+    pages += [target_page_path(layout.root, layout.target, layout.names)] * target
+    pages += [sample_page_path(layout.root, layout.names)] * sample
+    pages.append(layout.folder("figures") / REPORT_NAME)
+    with planned_pages(pages):  # every page links the others written in this refresh
+        page = build_report(layout, overwrite=overwrite, status=status)
+        if nights:
+            from .night import build_night_report
 
-        for night in status.nights:
-            build_night_report(layout.night_layout(night), overwrite=overwrite)
-    if target or sample:
-        from .target import build_sample_report, build_target_report
+            for night in status.nights:
+                build_night_report(layout.night_layout(night), overwrite=overwrite)
+        if target or sample:
+            from .target import build_sample_report, build_target_report
 
-        if target:
-            build_target_report(layout.root, layout.target, overwrite=overwrite, status=target_view, **naming)
-        if sample:
-            build_sample_report(layout.root, status=sample_view, **naming)
-    if _nav(layout, page_dir, status.nights) != links_before:
-        # Pages written just now: link them (every figure is fresh by now, so this costs the tables only).
-        page = build_report(layout, status=status)
+            if target:
+                build_target_report(layout.root, layout.target, overwrite=overwrite, status=target_view, **naming)
+            if sample:
+                build_sample_report(layout.root, status=sample_view, **naming)
     return page

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .pages import REPORT_NAME, escape, figure_html, href, link, now_utc, page_head, status_badge, table_html, write_page
+from .pages import REPORT_NAME, escape, figure_html, href, link, now_utc, page_exists, page_head, status_badge, table_html, write_page
 from .report import FigureEntry, draw, job_tables, qc_section, steps_section
 
 __all__ = ["build_target_report", "build_sample_report", "target_page_path", "sample_page_path"]
@@ -145,7 +145,7 @@ def build_target_report(root, target, *, folders=None, str_pointing: str = "P", 
     """
     from ..layout import PointingLayout
     from ..state import PointingState
-    from ..status import _size, target_status
+    from ..status import _size, _target_area, target_status
 
     root = Path(root).absolute()
     names = _names(folders)
@@ -204,7 +204,7 @@ def build_target_report(root, target, *, folders=None, str_pointing: str = "P", 
     # --- page
     nav = [(label, href(path, page_dir)) for label, path in
            [("sample", sample_page_path(root, names))]
-           + [(name, layout.folder("figures") / REPORT_NAME) for name, layout in layouts.items()] if path.exists()]
+           + [(name, layout.folder("figures") / REPORT_NAME) for name, layout in layouts.items()] if page_exists(path)]
     parts = [page_head(f"pymusepipe QC: target {target}", nav)]
     parts.append(f"<p>Target folder <code>{escape(root / target)}</code>; written {now_utc()}.</p>")
     parts.append("<h2 id='status'>Status</h2>" + f"<p>Overall: {status_badge(status.overall)}</p>")
@@ -231,11 +231,7 @@ def build_target_report(root, target, *, folders=None, str_pointing: str = "P", 
                        if path is not None}
     parts.append(qc_section(mosaic_products, page_dir))
 
-    class _Area:  # job_tables needs an area's folder("astro_tables") only
-        def folder(self, key):
-            return tables
-
-    parts.append(steps_section(job_tables(_Area())))
+    parts.append(steps_section(job_tables(_target_area(root, target, folders))))
     write_page(page, parts)
     logger.info("QC target page: %s", page)
     return page
