@@ -297,6 +297,14 @@ def _cube(path, tag, stars, shape=(30, 40), mode="WFM-AO-N", sky_residual=0.05):
     return _write(path, [primary, fits.ImageHDU(cube.astype(np.float32), header=header, name="DATA")])
 
 
+def _recorded_now() -> str:
+    """When the engine records a job: after its products were written."""
+    import datetime
+
+    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
+    return moment.isoformat(timespec="seconds")
+
+
 class _Recorder:
     """Writes job and products tables the way the engine does (paths relative to the data root)."""
 
@@ -319,7 +327,7 @@ class _Recorder:
         catalogue.save(recipe)
         table = JobTable(area.folder("astro_tables"), recipe, root=self.root)
         table.update(JobRecord(
-            job=job, recipe=recipe, step=step, area=area.name, status="done", started="2026-03-20T12:00:00+00:00",
+            job=job, recipe=recipe, step=step, area=area.name, status="done", started=_recorded_now(),
             inputs=json.dumps([str(path) for path in inputs]),
             calibrations=json.dumps({tag: {"paths": [str(path)], "delta_days": 0.3, "rule": "closest in time"}
                                      for tag, path in (calibrations or {}).items()}),
@@ -489,7 +497,9 @@ def test_night_page_shows_masters_their_qc_and_who_used_them(site):
 def test_pointing_page_shows_status_sky_used_and_residuals(site):
     layout, page = site
     text = page.read_text()
-    assert "scibasic_all" in _section(text, "status") and "not run" in _section(text, "status")
+    status = _section(text, "status")
+    assert "Overall: <span class='incomplete'>incomplete</span>" in status  # flat, wave... never ran here
+    assert "stale" not in status.split("</p>", 1)[1]
     sky = _section(text, "sky-spectrum")
     assert EXPOSURE in sky and "the SKY exposure of its night nearest in time" in sky
     assert "offset-sky exposure: <a href='#SKY_SPECTRUM_0002'>SKY_SPECTRUM_0002.fits</a>" in sky

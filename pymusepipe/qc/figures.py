@@ -522,7 +522,10 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
         for start in range(0, data.shape[0], _PLANES_PER_CHUNK):
             chunk = np.asarray(data[start:start + _PLANES_PER_CHUNK], dtype=np.float64)
             for index, mask in enumerate(masks):
-                spectra[index, start:start + chunk.shape[0]] = np.nansum(chunk[:, mask], axis=1)
+                values = chunk[:, mask]
+                # A plane with no data in the aperture (the AO notch, the cube's ends) is a gap, not a zero.
+                spectra[index, start:start + chunk.shape[0]] = np.where(
+                    np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
         primary = hdus[0].header
     if white.shape[1] > 2.5 * white.shape[0]:  # a strip (few IFUs): image above the spectra, full width
         image_height = _image_figsize(white.shape, 12.0)[1]
@@ -817,7 +820,9 @@ def mosaic_spectra(cube_path, png, *, n_apertures: int = 4, radius_arcsec: float
             warnings.simplefilter("ignore")
             spectrum = cube.aperture((dec, ra), radius_arcsec)
         ax_image.add_patch(plt.Circle((cx, cy), radius, fill=False, color=color, lw=1.2))
-        ax_image.text(cx + radius, cy + radius, str(index + 1), color=color, fontsize=9)
+        # On the circle's upper-right edge, so that the number sits on its own circle.
+        ax_image.text(cx + 0.75 * radius, cy + 0.75 * radius, str(index + 1), color=color, fontsize=10,
+                      fontweight="bold")
         label = "centre" if index == 0 else f"bright spot {index}"
         ax_spectra.plot(spectrum.wave.coord(), np.ma.filled(spectrum.data.astype(float), np.nan), lw=0.6,
                         color=color, label=f"{index + 1}: {label} (RA {ra:.5f}, Dec {dec:.5f})")
