@@ -537,3 +537,12 @@ def test_refresh_redraws_only_what_changed(site):
     refresh_report(layout)
     changed = {png.name for png in pngs if png.stat().st_mtime_ns != before[png]}
     assert changed == {"SKY_SPECTRUM_0002.png"}
+
+
+def test_refresh_after_run_never_fails_the_run(tmp_path, caplog):
+    from pymusepipe.qc.report import refresh_after_run
+
+    layout = PointingLayout(tmp_path, "GONE", 1)  # no pointing folder: the page cannot be written
+    assert refresh_after_run(layout, enabled=False) is None
+    assert refresh_after_run(layout) is None
+    assert "QC report of GONE/P01 not refreshed: FileNotFoundError" in caplog.text

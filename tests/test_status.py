@@ -10,10 +10,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-from astropy.io import fits
-
 from pymusepipe import status as st
 from pymusepipe.layout import PointingLayout
 from pymusepipe.products import JobRecord, JobTable, ProductCatalogue, ProductRecord
@@ -113,7 +109,8 @@ NOT_RUN_STEPS = {"flat", "wave", "lsf", "twilight", "standard", "sky", "prep_ali
 def test_reduced_pointing(tmp_path):
     layout = make_reduction(tmp_path)
     result = st.pointing_status(layout)
-    expected = {"bias": "done", "scibasic_all": "done", "scipost": "done", **{name: "not run" for name in NOT_RUN_STEPS}}
+    expected = {"bias": "done", "scibasic_all": "done", "scipost": "done",
+                **{name: "not run" for name in NOT_RUN_STEPS}}
     assert _statuses(result) == expected
     assert result.overall == "incomplete" and result.nights == [NIGHT] and result.new_raw == []
     table = result.table()

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["STYLE", "REPORT_NAME", "href", "link", "page_exists", "planned_pages", "escape", "write_page", "page_head", "status_badge", "table_html",
+__all__ = ["STYLE", "REPORT_NAME", "href", "link", "page_exists", "planned_pages", "escape", "write_page",
+           "page_head", "status_badge", "table_html",
            "now_utc", "figure_html", "note_html"]
 
 REPORT_NAME = "index.html"

@@ -23,14 +23,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import figures
 from .pages import (REPORT_NAME, escape, figure_html, href, now_utc, page_exists, page_head, planned_pages,
                     status_badge, table_html, write_page)
 
 __all__ = ["FigureEntry", "ProductFile", "FIGURE_KINDS", "find_products", "make_figures", "build_report",
-           "refresh_report", "REPORT_NAME"]
+           "refresh_report", "refresh_after_run", "REPORT_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -590,4 +588,19 @@ def refresh_report(layout, *, overwrite: bool = False, nights: bool = True, targ
                 build_target_report(layout.root, layout.target, overwrite=overwrite, status=target_view, **naming)
             if sample:
                 build_sample_report(layout.root, status=sample_view, **naming)
+    return page
+
+
+def refresh_after_run(layout, *, enabled: bool = True, **options) -> Path | None:
+    """:func:`refresh_report` for the end of a run: a report that cannot be written never fails the reduction
+    (the problem is logged as a warning and None returned). ``enabled=False`` does nothing (the option to turn
+    the report off)."""
+    if not enabled:
+        return None
+    try:
+        page = refresh_report(layout, **options)
+    except Exception as error:  # noqa: BLE001 - the reduction's result matters more than its report
+        logger.warning("QC report of %s not refreshed: %s: %s", layout.name, type(error).__name__, error)
+        return None
+    logger.info("QC report: %s", page)
     return page

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .pages import REPORT_NAME, escape, figure_html, href, link, now_utc, page_exists, page_head, status_badge, table_html, write_page
+from .pages import (REPORT_NAME, escape, figure_html, href, link, now_utc, page_exists, page_head, status_badge,
+                    table_html, write_page)
 from .report import FigureEntry, draw, job_tables, qc_section, steps_section
 
 __all__ = ["build_target_report", "build_sample_report", "target_page_path", "sample_page_path"]
@@ -350,7 +351,8 @@ def build_sample_report(root, *, folders=None, str_pointing: str = "P", ndigits:
     night_rows = []
     for night in nights:
         layout = NightLayout(root, night, folders=folders)
-        night_rows.append([link(layout.folder("figures") / REPORT_NAME, page_dir, night), escape(", ".join(night_users.get(night, [])) or "none")])
+        users = ", ".join(night_users.get(night, [])) or "none"
+        night_rows.append([link(layout.folder("figures") / REPORT_NAME, page_dir, night), escape(users)])
     parts.append("<h2 id='nights'>Observing nights</h2><p>Master calibrations and standard stars, shared by the "
                  "pointings observed each night.</p>")
     parts.append(table_html(["night", "pointings using it"], night_rows, raw_columns=("night",)) if night_rows else
