@@ -23,6 +23,7 @@ AREA_COMMANDS = {
     "demo": ("pymusepipe.demo", "simulate a run, reduce it with the real recipes and compare with the truth"),
     "align": ("pymusepipe.alignment.command", "align MUSE images to a reference image -> OFFSET_LIST"),
     "report": ("pymusepipe.qc.command", "QC figures and an HTML report of a reduced pointing"),
+    "status": ("pymusepipe.status", "per step done / stale / failed / not run, read from the tables"),
 }
 
 

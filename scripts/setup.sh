@@ -20,5 +20,15 @@ if ! have_muse_recipes; then
     fi
 fi
 
+# Headless Chromium for tests/test_report_browser.py (the report pages in a real browser); optional: the test is
+# skipped, with the reason, where it is missing.
+if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing headless Chromium for the report's browser test (Debian packages chromium, chromium-driver)..."
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+            >/dev/null; } || echo "Chromium could not be installed: the browser test will be skipped." >&2
+    fi
+fi
+
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[${PYMUSEPIPE_EXTRAS:-test}]"

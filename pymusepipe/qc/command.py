@@ -1,4 +1,5 @@
-"""``pymusepipe report``: draw the QC figures and write the HTML report of reduced pointings."""
+"""``pymusepipe report``: draw the QC figures and write the HTML pages of a reduced pointing, of the nights it
+uses, of its target and of the sample (see :func:`.report.refresh_report`)."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ def run(args) -> int:
     """Build the report of ``--target`` / ``--pointing``; prints the page's path. Returns the exit status."""
     from ..config import PipelineConfig
     from ..layout import PointingLayout
-    from .report import build_report
+    from .report import build_report, refresh_report
 
     config = PipelineConfig.from_files(args.rc, args.cal)
     layout = PointingLayout(config.root, args.target, args.pointing, str_pointing=config.str_pointing,
@@ -30,6 +31,9 @@ def run(args) -> int:
         print(f"no pointing folder {layout.pointing_dir}: check --target and --pointing (root is {config.root})",
               file=sys.stderr)
         return 1
-    page = build_report(layout, figures_dir=args.output, overwrite=args.overwrite)
+    if args.output:  # the pointing's page alone, elsewhere
+        page = build_report(layout, figures_dir=args.output, overwrite=args.overwrite)
+    else:  # the pointing's page, its nights', its target's and the sample's
+        page = refresh_report(layout, overwrite=args.overwrite)
     print(f"QC report: {page}")
     return 0

@@ -205,9 +205,40 @@ def trace_overlay(flat_path, trace_path, png) -> Path:
     return _save(fig, png)
 
 
+def _final_residuals(residuals_path):
+    """(wavelength, residual, rejected) of the final fit iteration of each slice, over every table extension
+    (one per IFU when the recipe merged them). muse_wavecal writes every iteration of its fit, with the
+    rejection limit of each; a point beyond it was rejected."""
+    from astropy.io import fits
+
+    lambdas, residuals, rejected = [], [], []
+    with fits.open(residuals_path) as hdus:
+        tables = [hdu.data for hdu in hdus[1:] if not hdu.is_image and hdu.data is not None
+                  and {"lambda", "residual"} <= set(hdu.columns.names)]
+        if not tables:
+            raise QCInputError(f"{residuals_path}: no table with columns lambda and residual")
+        for table in tables:
+            names = table.columns.names
+            keep = np.ones(len(table), bool)
+            if "iteration" in names and "slice" in names:
+                slices, iterations = np.asarray(table["slice"]), np.asarray(table["iteration"])
+                last = {number: iterations[slices == number].max() for number in np.unique(slices)}
+                keep = iterations == np.array([last[number] for number in slices])
+            residual = np.asarray(table["residual"], dtype=float)[keep]
+            lambdas.append(np.asarray(table["lambda"], dtype=float)[keep])
+            residuals.append(residual)
+            if "rejected" in names:
+                rejected.append(np.asarray(table["rejected"])[keep] != 0)
+            elif "rejlimit" in names:
+                rejected.append(np.abs(residual) > np.asarray(table["rejlimit"], dtype=float)[keep])
+            else:
+                rejected.append(np.zeros(residual.size, bool))
+    return np.concatenate(lambdas), np.concatenate(residuals), np.concatenate(rejected)
+
+
 def wavecal_residuals(wavecal_path, png, residuals_path=None) -> Path:
-    """Wavelength-solution quality: the line residuals (WAVECAL_RESIDUALS, when the recipe wrote them) or
-    else, from the WAVECAL_TABLE's QC keywords, the fit RMS and identified lines per slice."""
+    """Wavelength-solution quality: the line residuals of the final fit (WAVECAL_RESIDUALS, which pymusepipe
+    asks muse_wavecal for) and, from the WAVECAL_TABLE's QC keywords, the fit RMS and lines per slice."""
     from astropy.io import fits
 
     plt = _pyplot()
@@ -216,15 +247,26 @@ def wavecal_residuals(wavecal_path, png, residuals_path=None) -> Path:
                      and key.split()[3][5:].isdigit()})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     if residuals_path is not None and Path(residuals_path).is_file():
-        with fits.open(residuals_path) as hdus:
-            table = _table_hdu(hdus, residuals_path, required=("lambda", "residual")).data
-        used = table["rejected"] == 0 if "rejected" in table.columns.names else np.ones(len(table), bool)
-        axes[0].scatter(table["lambda"][used], table["residual"][used], s=2, alpha=0.5)
+        wavelength, residual, rejected = _final_residuals(residuals_path)
+        used = ~rejected
+        axes[0].scatter(wavelength[used], residual[used], s=1, alpha=0.3, rasterized=True, label="used")
+        if rejected.any():
+            axes[0].scatter(wavelength[rejected], residual[rejected], s=1, color="tab:red", alpha=0.3,
+                            rasterized=True, label="rejected")
         axes[0].axhline(0, color="k", lw=0.5)
+        if used.any():
+            low, high = np.percentile(residual[used], [0.5, 99.5])
+            span = max(abs(low), abs(high)) * 1.5
+            axes[0].set_ylim(-span, span)
+            rms = float(np.sqrt(np.mean(residual[used] ** 2)))
+        else:
+            rms = np.nan
         axes[0].set(xlabel="wavelength [Angstrom]", ylabel="residual [Angstrom]",
-                    title=f"{used.sum()} line residuals ({Path(residuals_path).name})")
+                    title=f"final fit: {used.sum()} points, RMS {rms:.4f} Angstrom\n{Path(residuals_path).name}")
+        axes[0].legend(loc="upper right", fontsize=8, markerscale=5)
     else:
-        axes[0].text(0.5, 0.5, "no WAVECAL_RESIDUALS product\n(muse_wavecal --residuals=true writes it)",
+        axes[0].text(0.5, 0.5, "no WAVECAL_RESIDUALS product registered with this WAVECAL_TABLE\n"
+                     "(muse_wavecal writes it with --residuals=true)",
                      ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
     if not slices:
@@ -480,7 +522,10 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
         for start in range(0, data.shape[0], _PLANES_PER_CHUNK):
             chunk = np.asarray(data[start:start + _PLANES_PER_CHUNK], dtype=np.float64)
             for index, mask in enumerate(masks):
-                spectra[index, start:start + chunk.shape[0]] = np.nansum(chunk[:, mask], axis=1)
+                values = chunk[:, mask]
+                # A plane with no data in the aperture (the AO notch, the cube's ends) is a gap, not a zero.
+                spectra[index, start:start + chunk.shape[0]] = np.where(
+                    np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
         primary = hdus[0].header
     if white.shape[1] > 2.5 * white.shape[0]:  # a strip (few IFUs): image above the spectra, full width
         image_height = _image_figsize(white.shape, 12.0)[1]
@@ -500,6 +545,290 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
     ax_image.set(xlabel="x [spaxel]", ylabel="y [spaxel]", title=f"white light: {_title(path, primary)}")
     unit = header.get("BUNIT", "")
     ax_spectra.set(xlabel="wavelength [Angstrom]", ylabel=f"sum in r={radius:g} spaxels {unit}".strip(),
+                   title="spectra in the apertures")
+    ax_spectra.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+# ---------------------------------------------------------------------- standard star
+def std_response(path, png, telluric_path=None) -> Path:
+    """STD_RESPONSE: the flux response (magnitudes, as muse_standard fits it) and throughput vs wavelength,
+    with the telluric correction (STD_TELLURIC) of the same standard when given."""
+    from astropy.io import fits
+
+    plt = _pyplot()
+    with fits.open(path) as hdus:
+        table = _table_hdu(hdus, path, required=("lambda", "response")).data
+        header = hdus[0].header
+    wavelength = np.asarray(table["lambda"], dtype=float)
+    response = np.asarray(table["response"], dtype=float)
+    n_panels = 2 if telluric_path is not None and Path(telluric_path).is_file() else 1
+    fig, axes = plt.subplots(n_panels, 1, figsize=(11, 3.6 * n_panels + 0.6), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(wavelength, response, color="k", lw=0.8, label="response")
+    if "response_unsmoothed" in table.columns.names:
+        ax.plot(wavelength, np.asarray(table["response_unsmoothed"], dtype=float), color="tab:gray", lw=0.4,
+                alpha=0.6, label="unsmoothed")
+    ax.set(xlabel="wavelength [Angstrom]", ylabel="response [mag]",
+           title=f"{Path(path).name}: {header.get('ESO QC STANDARD STARNAME', '')}")
+    if "throughput" in table.columns.names:
+        through = ax.twinx()
+        through.plot(wavelength, np.asarray(table["throughput"], dtype=float), color="tab:green", lw=0.8)
+        through.set_ylabel("throughput", color="tab:green")
+    ax.legend(loc="lower center", fontsize=8)
+    if n_panels == 2:
+        with fits.open(telluric_path) as hdus:
+            telluric = _table_hdu(hdus, telluric_path, required=("lambda", "ftelluric")).data
+        axes[1, 0].plot(np.asarray(telluric["lambda"], dtype=float), np.asarray(telluric["ftelluric"], dtype=float),
+                        color="tab:blue", lw=0.8)
+        axes[1, 0].set(xlabel="wavelength [Angstrom]", ylabel="telluric correction factor",
+                       title=Path(telluric_path).name)
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+# ---------------------------------------------------------------------- sky residuals
+#: Wavelengths [Angstrom] blocked by the notch filter of the laser-assisted AO modes (the sodium laser light).
+NAD_NOTCH = {"WFM-AO-N": (5805.0, 5966.0), "WFM-AO-E": (5755.0, 6008.0), "NFM-AO-N": (5780.0, 6050.0)}
+
+
+def _mpdaf_cube(path):
+    """An mpdaf Cube that reads its planes on demand (mpdaf is imported here: it takes seconds)."""
+    from mpdaf.obj import Cube
+
+    return Cube(str(path))
+
+
+def _planes(cube, start, stop) -> np.ndarray:
+    """Planes ``start:stop`` of an mpdaf cube as float64 with NaN where masked (read from the file only)."""
+    return np.ma.filled(np.ma.asarray(cube[start:stop, :, :].data, dtype=np.float64), np.nan)
+
+
+def _nan_runs(all_nan) -> list:
+    """(first, last) index of each run of True."""
+    runs, start = [], None
+    for index, flag in enumerate(list(all_nan) + [False]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            runs.append((start, index - 1))
+            start = None
+    return runs
+
+
+def sky_residuals(cube_path, png, *, mode: str | None = None, fraction: float = 0.3) -> Path:
+    """The residual sky in the emptiest spaxels of a sky-subtracted cube.
+
+    Sources are found on the white-light image (3 sigma above the sigma-clipped median, grown by 2 spaxels);
+    among the rest, the ``fraction`` faintest spaxels are taken as star-free. Their median spectrum should be
+    flat around zero: sky-line residuals, a continuum offset or a slope show up there. The NaD notch of the AO
+    modes (``mode``, default the cube's ``ESO INS MODE``) is shaded, and so are the planes with no data at all
+    (NaN in every spaxel, as in the notch).
+
+    Parameters
+    ----------
+    cube_path : str or Path
+        DATACUBE_FINAL (DATA extension, wavelength WCS in Angstrom, BUNIT).
+    png : str or Path
+    mode : str, optional
+        Observing mode.
+    fraction : float
+        Fraction of the source-free spaxels used.
+    """
+    from astropy.stats import sigma_clipped_stats
+    from scipy import ndimage
+
+    plt = _pyplot()
+    cube = _mpdaf_cube(cube_path)
+    n_lambda = cube.shape[0]
+    wavelengths = cube.wave.coord()
+    unit = cube.primary_header.get("BUNIT", "") or cube.data_header.get("BUNIT", "")
+    mode = mode or str(cube.primary_header.get("ESO INS MODE", ""))
+    total = np.zeros(cube.shape[1:])
+    count = np.zeros(cube.shape[1:], dtype=np.int64)
+    for start in range(0, n_lambda, _PLANES_PER_CHUNK):
+        chunk = _planes(cube, start, min(start + _PLANES_PER_CHUNK, n_lambda))
+        finite = np.isfinite(chunk)
+        total += np.where(finite, chunk, 0.0).sum(axis=0)
+        count += finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        white = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    valid = np.isfinite(white)
+    if valid.sum() < 5:
+        raise QCInputError(f"{cube_path}: fewer than 5 spaxels with data")
+    _, median, sigma = sigma_clipped_stats(white[valid], sigma=3.0)
+    sources = ndimage.binary_dilation(valid & (white > median + 3.0 * sigma), iterations=2)
+    free = valid & ~sources
+    if free.sum() < 5:
+        raise QCInputError(f"{cube_path}: no source-free spaxel (the field is filled by sources)")
+    threshold = np.percentile(white[free], 100.0 * fraction)
+    chosen = free & (white <= threshold)
+    spectrum = np.full(n_lambda, np.nan)
+    for start in range(0, n_lambda, _PLANES_PER_CHUNK):
+        stop = min(start + _PLANES_PER_CHUNK, n_lambda)
+        with _quiet():
+            spectrum[start:stop] = np.nanmedian(_planes(cube, start, stop)[:, chosen], axis=1)
+    # A running median over ~25 Angstrom shows a continuum offset or slope under the per-plane noise.
+    step = float(np.median(np.diff(wavelengths))) if n_lambda > 1 else 1.0
+    width = max(3, int(round(25.0 / max(step, 1e-6))) | 1)
+    smooth = ndimage.generic_filter(spectrum, lambda values: np.nan if np.isnan(values).all()
+                                    else np.nanmedian(values), size=width, mode="nearest")
+    fig, (ax_image, ax_spectrum) = plt.subplots(
+        2, 1, figsize=(12, 8.5), gridspec_kw={"height_ratios": [1, 1.6]})
+    vmin, vmax = _limits(white, 0.5, 99.5)
+    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax,
+                    aspect="auto" if white.shape[1] > 3 * white.shape[0] else "equal")
+    ax_image.contour(chosen.astype(float), levels=[0.5], colors="tab:orange", linewidths=0.8)
+    ax_image.set(xlabel="x [spaxel]", ylabel="y [spaxel]",
+                 title=f"{Path(cube_path).name}: white light; outlined: the {int(chosen.sum())} star-free spaxels "
+                       f"used ({100 * fraction:.0f} % faintest without sources)")
+    ax_spectrum.plot(wavelengths, spectrum, color="0.55", lw=0.5, label="median over the spaxels, per plane")
+    ax_spectrum.plot(wavelengths, smooth, color="k", lw=1.2, label=f"running median ({width * step:.0f} Angstrom)")
+    ax_spectrum.axhline(0.0, color="tab:red", lw=0.6)
+    with _quiet():
+        planes_empty = ~np.isfinite(spectrum)
+    for first, last in _nan_runs(planes_empty):
+        ax_spectrum.axvspan(wavelengths[first], wavelengths[last], color="0.75", alpha=0.6, lw=0,
+                            label="no data (NaN in the cube)" if first == _nan_runs(planes_empty)[0][0] else None)
+    notch = NAD_NOTCH.get(mode.upper())
+    if notch is not None:
+        ax_spectrum.axvspan(*notch, facecolor="none", edgecolor="tab:orange", hatch="//", lw=0.8,
+                            label=f"NaD notch of {mode.upper()} ({notch[0]:.0f}-{notch[1]:.0f} Angstrom)")
+    finite = spectrum[np.isfinite(spectrum)]
+    if finite.size:
+        lo, hi = np.percentile(finite, [1, 99])
+        pad = max(hi - lo, 1e-30) * 0.3
+        ax_spectrum.set_ylim(lo - pad, hi + pad)
+        level = f"median {np.median(finite):.3g}"
+    else:
+        level = "no finite value"
+    ax_spectrum.set(xlabel="wavelength [Angstrom]", ylabel=f"residual [{unit}]" if unit else "residual",
+                    title=f"sky residual in star-free spaxels ({level}; mode {mode or 'unknown'})")
+    ax_spectrum.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+# ---------------------------------------------------------------------- target: footprints and mosaic
+def footprint(image_path, *, shift_deg=(0.0, 0.0)):
+    """Corners (RA, Dec in degrees) of the part of an image (or a cube's spatial plane) that holds data.
+
+    ``shift_deg`` = (RA_OFFSET, DEC_OFFSET) of an OFFSET_LIST row: subtracted, as the MUSE pipeline does, so the
+    footprint is where the exposure lands once corrected.
+    """
+    from mpdaf.obj import Cube, Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            thing = Image(str(image_path))
+            finite = np.isfinite(np.ma.filled(np.ma.asarray(thing.data, dtype=float), np.nan))
+        except ValueError:  # a cube: its spatial WCS, the whole plane
+            thing = Cube(str(image_path))
+            finite = np.ones(thing.shape[1:], bool)
+    rows, columns = np.nonzero(finite.any(axis=1))[0], np.nonzero(finite.any(axis=0))[0]
+    if not rows.size:
+        raise QCInputError(f"{image_path}: no finite pixel")
+    y0, y1, x0, x1 = rows[0] - 0.5, rows[-1] + 0.5, columns[0] - 0.5, columns[-1] + 0.5
+    corners = thing.wcs.pix2sky([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])  # (dec, ra) pairs
+    return np.column_stack([corners[:, 1] - shift_deg[0], corners[:, 0] - shift_deg[1]])
+
+
+def footprints_on_image(image_path, png, outlines, *, title="", label="") -> Path:
+    """An image (reference image or mosaic) with outlines drawn on it, axes in arcsec from the image centre.
+
+    Parameters
+    ----------
+    image_path : str or Path
+        FITS image with a celestial WCS (read with mpdaf).
+    outlines : list of (name, corners, style)
+        ``corners``: (RA, Dec) degrees, as :func:`footprint` returns; ``style``: matplotlib line style.
+    """
+    from mpdaf.obj import Image
+
+    plt = _pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = Image(str(image_path))
+        data = np.ma.filled(np.ma.asarray(image.data, dtype=float), np.nan)
+    if not np.isfinite(data).any():
+        raise QCInputError(f"{image_path}: the image has no finite pixel")
+    ny, nx = data.shape
+    step = image.wcs.get_step(unit=None)  # (dy, dx) in degrees per pixel
+    scale = 3600.0 * np.abs(step)
+    centre = ((ny - 1) / 2.0, (nx - 1) / 2.0)
+    extent = (-(centre[1] + 0.5) * scale[1], (nx - 0.5 - centre[1]) * scale[1],
+              -(centre[0] + 0.5) * scale[0], (ny - 0.5 - centre[0]) * scale[0])
+    fig, ax = plt.subplots(figsize=_image_figsize(data.shape, 9.0))
+    vmin, vmax = _limits(data, 0.5, 99.5)
+    ax.imshow(np.arcsinh((np.clip(data, vmin, vmax) - vmin) / max((vmax - vmin) / 10.0, 1e-30)), origin="lower",
+              cmap="gray_r", extent=extent)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, corners, style) in enumerate(outlines):
+        pixels = image.wcs.sky2pix(np.column_stack([corners[:, 1], corners[:, 0]]))  # (y, x)
+        xs = (np.append(pixels[:, 1], pixels[0, 1]) - centre[1]) * scale[1]
+        ys = (np.append(pixels[:, 0], pixels[0, 0]) - centre[0]) * scale[0]
+        color = colors[index % len(colors)]
+        ax.plot(xs, ys, style, color=color, lw=1.2)
+        ax.text(xs[2], ys[2], f" {name}", color=color, fontsize=8)
+    ax.set(xlabel="x offset from the image centre [arcsec]", ylabel="y offset [arcsec]",
+           title=title or Path(image_path).name)
+    if label:
+        ax.text(0.01, 0.01, label, transform=ax.transAxes, fontsize=8, va="bottom")
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+def mosaic_spectra(cube_path, png, *, n_apertures: int = 4, radius_arcsec: float = 1.0) -> Path:
+    """A mosaic cube: white light with apertures on the brightest spots and the centre, and the spectrum summed
+    in each (mpdaf ``Cube.aperture``: only the aperture's sub-cube is read)."""
+    plt = _pyplot()
+    cube = _mpdaf_cube(cube_path)
+    n_lambda = cube.shape[0]
+    total = np.zeros(cube.shape[1:])
+    count = np.zeros(cube.shape[1:], dtype=np.int64)
+    for start in range(0, n_lambda, _PLANES_PER_CHUNK):
+        chunk = _planes(cube, start, min(start + _PLANES_PER_CHUNK, n_lambda))
+        finite = np.isfinite(chunk)
+        total += np.where(finite, chunk, 0.0).sum(axis=0)
+        count += finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        white = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if not np.isfinite(white).any():
+        raise QCInputError(f"{cube_path}: the cube has no finite value")
+    scale = 3600.0 * float(np.abs(cube.wcs.get_step(unit=None)).mean())
+    radius = radius_arcsec / scale
+    centres = [(white.shape[0] // 2, white.shape[1] // 2)]
+    centres += [spot for spot in _bright_spots(white, n_apertures - 1, max(radius, 1.0))
+                if (spot[0] - centres[0][0]) ** 2 + (spot[1] - centres[0][1]) ** 2 > radius ** 2]
+    unit = cube.primary_header.get("BUNIT", "") or cube.data_header.get("BUNIT", "")
+    strip = white.shape[1] > 2.5 * white.shape[0]
+    if strip:
+        height = _image_figsize(white.shape, 12.0)[1]
+        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, height + 4.5),
+                                                   gridspec_kw={"height_ratios": [height, 4.5]})
+    else:
+        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
+    vmin, vmax = _limits(white, 0.5, 99.5)
+    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (cy, cx) in enumerate(centres):
+        color = colors[index % len(colors)]
+        dec, ra = cube.wcs.pix2sky([[cy, cx]])[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spectrum = cube.aperture((dec, ra), radius_arcsec)
+        ax_image.add_patch(plt.Circle((cx, cy), radius, fill=False, color=color, lw=1.2))
+        # On the circle's upper-right edge, so that the number sits on its own circle.
+        ax_image.text(cx + 0.75 * radius, cy + 0.75 * radius, str(index + 1), color=color, fontsize=10,
+                      fontweight="bold")
+        label = "centre" if index == 0 else f"bright spot {index}"
+        ax_spectra.plot(spectrum.wave.coord(), np.ma.filled(spectrum.data.astype(float), np.nan), lw=0.6,
+                        color=color, label=f"{index + 1}: {label} (RA {ra:.5f}, Dec {dec:.5f})")
+    ax_image.set(xlabel="x [spaxel]", ylabel="y [spaxel]", title=f"white light: {Path(cube_path).name}")
+    ax_spectra.set(xlabel="wavelength [Angstrom]",
+                   ylabel=f"sum in r={radius_arcsec:g} arcsec [{unit}]" if unit else f"sum in r={radius_arcsec:g}\"",
                    title="spectra in the apertures")
     ax_spectra.legend(loc="best", fontsize=8)
     fig.tight_layout()
