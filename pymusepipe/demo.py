@@ -108,7 +108,7 @@ def run_demo(workdir=None, *, seed=1, ifus=(1,), overwrite=False):
     simulated = time.monotonic() - start
     pipe = MusePipe(run.target, 1, run.rc_file, run.cal_file, logfile="demo.log", reset_log=True,
                     filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
-    pipe.run_all_recipes()
+    pipe.run_all_recipes()   # ends by refreshing the HTML report (pipe.report_page)
     result = compare_with_truth(pipe, run.truth)
     result["seconds_simulation"] = simulated
     result["seconds_total"] = time.monotonic() - start
@@ -133,6 +133,8 @@ def run(args) -> int:
     print()
     print(report(result))
     print(f"Replay log:  {pipe.engine.log.path}")
+    if pipe.report_page is not None:
+        print(f"Report:      {pipe.report_page}")
     print(f"Tables:      {pipe.layout.folder('astro_tables')}")
     print(f"Total time:  {result['seconds_total']:.0f} s (simulation {result['seconds_simulation']:.0f} s)")
     return 0

@@ -163,6 +163,8 @@ class MusePipe:
         for night in sorted(set(self.scan.table["night"])):
             if night:
                 self.engine.add_area(self.layout.night_layout(night))
+        #: The HTML report refreshed at the end of the last run_all_recipes.
+        self.report_page = None
         #: Step name -> StepStatus: what the last run of each step did (kept in Astro_Tables/PIPE_steps.fits).
         self.steps = OrderedDict((name, self.state.step(name)) for name in STEPS if self.state.step(name))
 
@@ -451,7 +453,7 @@ class MusePipe:
                 "scipost_sky": {"offset_list": False, "skymethod": "none"}}
 
     def run_all_recipes(self, illum=True, fraction=0.8, first=None, last=None, parameters=None, graph=True,
-                        clean=False):
+                        clean=False, report=True):
         """Plan every step of :data:`~pymusepipe.steps.STEPS` (or ``first`` to ``last``) and run them as one
         dependency graph: independent jobs overlap, a failed job's dependents are skipped, the rest goes on.
 
@@ -470,6 +472,9 @@ class MusePipe:
             False runs the steps one after the other, each waiting for the previous (to compare).
         clean : bool
             Once the chain succeeded, delete the intermediate products (:meth:`clean`).
+        report : bool
+            Refresh the HTML report at the end (also after a failure): only figures whose products changed
+            are redrawn. Its path is in :attr:`report_page`.
 
         Returns
         -------
@@ -486,11 +491,20 @@ class MusePipe:
             self.parameters.update(parameters)
         options = self.chain_options(illum, fraction)
         start = time.monotonic()
-        if graph:
-            self.run_plans(self.plan_steps(names, options), label=f"{self.targetname} {self.layout.pointing_name}")
-        else:
-            for name in names:
-                self.run_plans(self.plan_steps([name], options), label=name)
+        try:
+            if graph:
+                self.run_plans(self.plan_steps(names, options),
+                               label=f"{self.targetname} {self.layout.pointing_name}")
+            else:
+                for name in names:
+                    self.run_plans(self.plan_steps([name], options), label=name)
+        finally:
+            if report and not self.fakemode:
+                from .qc.report import refresh_after_run
+
+                self.report_page = refresh_after_run(self.layout)
+                if self.report_page is not None:
+                    logger.info("report: %s", self.report_page)
         logger.info("run_all_recipes: %d step(s) in %.0f s", len(names), time.monotonic() - start)
         if clean:
             self.clean()
@@ -531,20 +545,18 @@ class MusePipe:
         return count, size
 
     def make_report(self, overwrite=False):
-        """QC figures and the HTML report of this pointing (``Figures/index.html``)."""
-        from .qc.report import build_report
+        """QC figures and the HTML pages of this pointing, its nights, its target and the sample
+        (``Figures/index.html``); only figures whose products changed are redrawn."""
+        from .qc.report import refresh_report
 
-        return build_report(self.layout, overwrite=overwrite)
+        return refresh_report(self.layout, overwrite=overwrite)
 
     def status(self) -> str:
-        """One line per step: its status, what it did, how long it took."""
-        lines = []
-        for name in STEPS:
-            step = self.steps.get(name)
-            if step is None:
-                continue
-            lines.append(f"{name:<17} {step.status:<11} {step.summary} ({step.seconds:.0f} s)")
-        return "\n".join(lines)
+        """Each step: done / stale / failed / not run (read from the tables, nothing recomputed), what it did,
+        the disk it holds, and the esorex log of each failed job."""
+        from .status import status_text
+
+        return status_text(self.layout, session_steps=self.steps)
 
 
 def make_engine(config, *, musemode, time_astrometry=False, fakemode=False, executor="local", pinning=None,

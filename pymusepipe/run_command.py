@@ -39,6 +39,9 @@ def add_arguments(parser):
     parser.add_argument("--executor", choices=("local", "dask"), default="local",
                         help="run esorex jobs locally or on a Dask cluster")
     parser.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://head:8786 (with --executor dask)")
+    parser.add_argument("--no-report", action="store_true", help="do not refresh the HTML report at the end")
+    parser.add_argument("--clean", action="store_true",
+                        help="once the final cube is made, delete the pixel tables and pre-alignment cubes")
     parser.add_argument("--parameters", help='recipe parameter overrides as JSON, e.g. \'{"scipost": {"pixfrac": 0.6}}\'')
 
 
@@ -81,13 +84,15 @@ def run(args) -> int:
                     **options)
     try:
         pipe.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, first=args.first, last=args.last,
-                             parameters=parameters)
+                             parameters=parameters, report=not args.no_report, clean=args.clean)
     except (StepFailedError, StepInputError) as error:
         print(pipe.status())
         print(f"\n{error}", file=sys.stderr)
         return 1
     print(pipe.status())
     print(f"replay log: {pipe.engine.log.path}")
+    if pipe.report_page is not None:
+        print(f"report:     {pipe.report_page}")
     return 0
 
 
@@ -101,11 +106,14 @@ def _run_target(args, options, parameters) -> int:
     target = MuseTarget(args.target, None, args.rc, args.cal, reference=args.reference,
                         logfile=args.logfile or "Target.log", pointing_cubes=args.pointing_cubes, **options)
     try:
-        target.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, parameters=parameters)
+        target.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, parameters=parameters,
+                               report=not args.no_report)
     except (StepFailedError, StepInputError) as error:
         print(target.status())
         print(f"\n{error}", file=sys.stderr)
         return 1
     print(target.status())
     print(f"replay log: {target.engine.log.path}")
+    if target.report_page is not None:
+        print(f"report:     {target.report_page}")
     return 0

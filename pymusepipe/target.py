@@ -160,6 +160,8 @@ class MuseTarget:
                 **pipe_options)
         self.raw_table = union_raw_table([pipe.raw_table for pipe in self.pipes.values()])
         self.engine.set_raw_table(self.raw_table)
+        #: The HTML report refreshed at the end of the last run_all_recipes.
+        self.report_page = None
         #: Target-level step name -> StepStatus.
         self.steps = OrderedDict((name, self.state.step(name)) for name in TARGET_STEPS if self.state.step(name))
 
@@ -316,7 +318,7 @@ class MuseTarget:
         return StepPlan("mosaic", jobs, note=f"{len(frames)} exposure(s) of {len(contexts)} pointing(s)")
 
     # ------------------------------------------------------------------ running
-    def run_all_recipes(self, illum=True, fraction=0.8, parameters=None, mosaic=True) -> OrderedDict:
+    def run_all_recipes(self, illum=True, fraction=0.8, parameters=None, mosaic=True, report=True) -> OrderedDict:
         """Reduce every pointing, align everything to the reference, build the mosaic: one graph.
 
         Returns
@@ -333,8 +335,15 @@ class MuseTarget:
             for pipe in self.pipes.values():
                 pipe.parameters.update(parameters)
         plans = self.plan(illum=illum, fraction=fraction, mosaic=mosaic)
-        report = self.run_plans(plans)
-        raise_for_failures(report)
+        try:
+            outcome = self.run_plans(plans)
+        finally:
+            if report and not self.fakemode:
+                from .qc.report import refresh_after_run
+
+                # The first pointing's page links its night, the target and the sample pages, all refreshed.
+                self.report_page = refresh_after_run(next(iter(self.pipes.values())).layout)
+        raise_for_failures(outcome)
         return self.steps
 
     def run_plans(self, plans: OrderedDict) -> StepReport:
