@@ -594,3 +594,20 @@ def test_archive_masters_refuse_ambiguous_input(tmp_path):
     fits.PrimaryHDU().writeto(plain)
     with pytest.raises(SimulationError, match="PRO CATG"):
         write_archive_masters(tmp_path / "Raw", [plain])
+
+
+def test_writing_only_some_kinds_gives_the_same_bytes(tmp_path):
+    """``only=`` plans and draws everything as a full run does: the frames written are identical."""
+    from pymusepipe.simulate import data_checksums
+    programme = survey_programme(seed=7)
+    biases = simulate_programme(tmp_path / "a", programme, only=("BIAS",))
+    more = simulate_programme(tmp_path / "b", programme, only=("bias", "ILLUM"))
+    assert len(biases.raw_files) == 3 and len(more.raw_files) == 4
+    assert data_checksums(biases.raw_files) == data_checksums([p for p in more.raw_files
+                                                               if fits.getheader(p)["ESO DPR TYPE"] == "BIAS"])
+    entries = biases.targets["SIMGAL"]["exposures"]
+    assert sum(e["written"] for e in entries) == 3 and len(entries) > 3
+    assert not (biases.root / entries[-1]["file"]).exists()
+    with pytest.raises(SimulationError, match="only="):
+        simulate_programme(tmp_path / "c", programme, only=("DARK",))
+    assert not (tmp_path / "c").exists()

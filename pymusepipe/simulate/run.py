@@ -156,7 +156,7 @@ def _needed_bytes(programme, n_frames):
 
 
 # -- the programme ---------------------------------------------------------------------------------------------
-def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False) -> SimulatedProgramme:
+def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False, only=None) -> SimulatedProgramme:
     """Write a simulated MUSE observing programme: raw frames, calibration kit, configuration, reference
     images and the truth of every target.
 
@@ -169,6 +169,10 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False)
         calibrations go, header-only).
     overwrite : bool
         Allow writing into a non-empty ``outdir``.
+    only : sequence of str, optional
+        Write only the raw frames of these kinds (e.g. ``("FLAT", "OBJECT")``, for quick tests); the others
+        are planned, drawn and listed in the truth (``"written": false``) exactly as in a full run, so the
+        frames written are the same bytes.
 
     Returns
     -------
@@ -182,9 +186,15 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False)
     if not isinstance(programme, Programme):
         raise SimulationError(f"programme: expected a Programme, got {type(programme).__name__}")
     programme = programme.check()
+    kinds = ("BIAS", "FLAT", "ARC", "SKYFLAT", "ILLUM", "STD", "SKY", "OBJECT")
+    if only is not None:
+        only = tuple(str(kind).upper() for kind in only)
+        if not only or set(only) - set(kinds):
+            raise SimulationError(f"only={only!r}: expected kinds among {', '.join(kinds)}")
     model = InstrumentModel(ifus=programme.ifus)
     schedule = schedule_programme(programme, model)
-    _check_outdir(outdir, overwrite, _needed_bytes(programme, len(schedule.frames)))
+    written = [only is None or frame.exposure.kind in only for frame in schedule.frames]
+    _check_outdir(outdir, overwrite, _needed_bytes(programme, sum(written)))
     root = Path(outdir).absolute()
     root.mkdir(parents=True, exist_ok=True)
 
@@ -209,19 +219,22 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False)
     # -- raw frames, one IFU at a time ---------------------------------------------------------------------
     suffix = ".fits.fz" if programme.compress else ".fits"
     headers, paths = [], []
-    for frame in schedule.frames:
+    for frame, write in zip(schedule.frames, written):
         raw = root / frame.raw_dirs[0]
-        raw.mkdir(parents=True, exist_ok=True)
         path = raw / (frame.exposure.file_name[:-len(".fits")] + suffix)
         header = primary_header(frame.exposure, frame.key + 1)
         header["ARCFILE"] = path.name
-        create_raw_file(path, header)
+        if write:
+            raw.mkdir(parents=True, exist_ok=True)
+            create_raw_file(path, header)
         headers.append(header)
         paths.append(path)
     scenes = _scenes(schedule)
     for ifu in programme.ifus:
         factory = _FrameFactory(model, scenes, programme.seed)
-        for frame, header, path in zip(schedule.frames, headers, paths):
+        for frame, header, path, write in zip(schedule.frames, headers, paths, written):
+            if not write:
+                continue
             if programme.header_only:
                 data = np.full((1, 1), int(model.detector.bias_level[0]), dtype=np.uint16)
             else:
@@ -234,7 +247,9 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False)
             gc.collect()       # return the IFU's ~1 GB of images before the next IFU allocates its own
         logger.info("IFU %d written into %d raw files", ifu, len(paths))
     raw_files = []
-    for frame, path in zip(schedule.frames, paths):
+    for frame, path, write in zip(schedule.frames, paths, written):
+        if not write:
+            continue
         raw_files.append(path)
         for other in frame.raw_dirs[1:]:
             target = root / other / path.name
@@ -254,7 +269,7 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False)
                                               model=model)
             reference["file"] = str(path.relative_to(root))
             references[target.name] = path
-        truth = _target_truth(root, programme, schedule, model, target, design, paths, reference)
+        truth = _target_truth(root, programme, schedule, model, target, design, paths, written, reference)
         truth_file = root / target.name / "truth.json"
         truth_file.parent.mkdir(parents=True, exist_ok=True)
         truth_file.write_text(json.dumps(truth, indent=1))
@@ -474,14 +489,15 @@ def _exposure_truth(root, frame, path, programme, schedule, design, model):
     return entry
 
 
-def _target_truth(root, programme, schedule, model, target, design, paths, reference):
+def _target_truth(root, programme, schedule, model, target, design, paths, written, reference):
     nights = sorted({f.night for f in schedule.frames if f.target == target.name})
     entries = []
-    for frame, path in zip(schedule.frames, paths):
+    for frame, path, write in zip(schedule.frames, paths, written):
         mine = frame.target == target.name
         night_calibration = frame.target is None and frame.night in nights
         if mine or night_calibration:
             entries.append(_exposure_truth(root, frame, path, programme, schedule, design, model))
+            entries[-1]["written"] = bool(write)
     standards = [s for s in schedule.standards if s["night"] in nights]
     disc = design.disc
     disc_truth = None
