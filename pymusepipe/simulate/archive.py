@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.time import Time
 
 from .errors import SimulationError
@@ -136,8 +138,11 @@ def write_archive_masters(raw_dir, products, *, source_header=None, overwrite: b
                         extname = str(header.get("EXTNAME", "")).strip()
                         header["EXTNAME"] = f"CHAN{ifu:02d}.{extname}" if extname else f"CHAN{ifu:02d}"
                         if number == 0:
-                            for key, value, comment in ifu_cards:
-                                header[_card(key)] = (value, comment)
+                            with warnings.catch_warnings():
+                                # long HIERARCH cards lose the end of their comment, as in the product
+                                warnings.simplefilter("ignore", VerifyWarning)
+                                for key, value, comment in ifu_cards:
+                                    header[_card(key)] = (value, comment)
                     fits.append(path, hdu.data, header=header, checksum=True)
         written.append(path)
         logger.info("archive master %s: %s (%s) from %d file(s)", path.name, catg, primary["ORIGFILE"],
