@@ -24,9 +24,44 @@ DEFAULT_MODE = "WFM-NOAO-N"
 #: Spaxel size in arcsec in the wide-field mode.
 SPAXEL_SCALE_WFM = 0.2
 
-#: Nominal spaxel size in arcsec in the narrow-field mode (muse_scipost --dx/--dy default; measured on
-#: astrometric fields: 0.02519" x 0.02542", muse_instrument.h).
+#: Nominal spaxel size in arcsec in the narrow-field mode (muse_scipost's default --dx/--dy for NFM).
 SPAXEL_SCALE_NFM = 0.025
+
+#: NFM spaxel size (x, y) in arcsec measured on astrometric fields (kMuseSpaxelSizeX/Y_NFM, muse_instrument.h).
+SPAXEL_SCALE_NFM_MEASURED = (0.02519, 0.02542)
+
+#: Observing modes that use the adaptive optics (and therefore the sodium laser guide stars).
+AO_MODES = ("WFM-AO-N", "WFM-AO-E", "NFM-AO-N")
+
+#: Wavelength range [Angstrom, air] in which the NaD notch filter of each AO mode absorbs significant flux, and
+#: which muse_scibasic flags in the pixel tables (kMuseNa*LambdaMin/Max, muse_instrument.h).
+NAD_NOTCH = MappingProxyType({
+    "WFM-AO-E": (5755.0, 6008.0),
+    "WFM-AO-N": (5805.0, 5966.0),
+    "NFM-AO-N": (5780.0, 6050.0),   # the GALACSI notch filter
+})
+
+#: Where the notch filter sits: in the MUSE fore-optics for WFM-AO (lamp flats and arcs show the gap too), in
+#: GALACSI for NFM, upstream of the calibration unit (only light from the sky shows it). The pipeline's response
+#: smoothing says so: "NFM lamp flats have no NaD filter in them" (muse_utils.c, MUSE 2.8.7).
+NOTCH_IN_CALIBRATION_LIGHT = MappingProxyType({"WFM-AO-E": True, "WFM-AO-N": True, "NFM-AO-N": False})
+
+#: Useful wavelength range [Angstrom] of each mode: what ``muse_scibasic --crop`` keeps (kMuseUseful*LambdaMin,
+#: kMuseUsefulLambdaMax).
+USEFUL_WAVELENGTH_RANGE = MappingProxyType({
+    "WFM-NOAO-N": (4750.0, 9350.0),
+    "WFM-NOAO-E": (4600.0, 9350.0),
+    "WFM-AO-N": (4700.0, 9350.0),
+    "WFM-AO-E": (4600.0, 9350.0),
+    "NFM-AO-N": (4750.0, 9350.0),
+})
+
+#: Centres [Angstrom, air] of the bands of laser light Raman-scattered by atmospheric O2 and N2 in the AO modes,
+#: as muse_scipost models them (group 0 = O2, group 1 = N2 in a RAMAN_LINES table).
+RAMAN_BANDS = MappingProxyType({"O2": 6484.0, "N2": 6827.0})
+
+#: Air wavelength [Angstrom] of the light of the laser guide stars (sodium D2).
+SODIUM_LASER_WAVELENGTH = 5889.95
 
 #: Lamp names of the calibration unit as the MUSE recipes translate them (muse_utils.c).
 CALIBRATION_LAMPS = MappingProxyType({
@@ -153,14 +188,14 @@ def check_mode(musemode: str) -> str:
 
 
 def spaxel_scale(mode: str) -> float:
-    """Spaxel size in arcsec of an observing mode (WFM 0.2", NFM 0.025")."""
-    return SPAXEL_SCALE_NFM if str(mode).upper().startswith("NFM") else SPAXEL_SCALE_WFM
+    """Nominal spaxel size [arcsec] of an observing mode (``ESO INS MODE``)."""
+    return SPAXEL_SCALE_NFM if field_of_mode(mode) == "NFM" else SPAXEL_SCALE_WFM
 
 
 def is_ao_mode(mode: str) -> bool:
-    """Whether an observing mode uses the laser-assisted adaptive optics (``WFM-AO-N``, ``WFM-AO-E``,
-    ``NFM-AO-N``): the sodium notch and the laser's Raman lines are then in the data."""
-    return "-AO-" in f"-{str(mode).upper()}-" and "NOAO" not in str(mode).upper()
+    """Whether an observing mode uses the laser-assisted adaptive optics (:data:`AO_MODES`): the sodium notch
+    and the laser's Raman lines are then in the data."""
+    return str(mode).upper() in AO_MODES
 
 
 def field_of_mode(mode: str) -> str:

@@ -120,8 +120,15 @@ def test_calibration_kit_tables(tmp_path, model):
     assert fits.getheader(paths["ASTROMETRY_WCS"])["CTYPE1"] == "RA---TAN"
     validity = [line.split() for line in paths["VALIDITY_TABLE"].read_text().splitlines()
                 if line and not line.startswith("#")]
-    assert len(validity) == 1 and validity[0][2] == "wfm"
-    assert (tmp_path / "cal_time" / validity[0][3]).is_file() and (tmp_path / "cal_time" / validity[0][4]).is_file()
+    assert [row[2] for row in validity] == ["wfm", "nfm"]
+    for row in validity:
+        assert (tmp_path / "cal_time" / row[3]).is_file() and (tmp_path / "cal_time" / row[4]).is_file()
+    # the NFM astrometry has the measured narrow-field spaxels (muse_instrument.h)
+    nfm = fits.getheader(paths["ASTROMETRY_WCS_NFM"])
+    assert -nfm["CD1_1"] * 3600 == pytest.approx(0.02519) and nfm["CD2_2"] * 3600 == pytest.approx(0.02542)
+    raman = fits.getdata(paths["RAMAN_LINES"], "LINES")
+    np.testing.assert_allclose(raman["lambda"], [line[2] for line in spectra.raman_lines()])
+    assert set(raman["group"]) == {0, 1}
 
 
 # -- options -------------------------------------------------------------------------------------------
@@ -216,9 +223,10 @@ def test_object_headers_carry_pointing_errors_along_the_strip(frames_by_kind):
         assert header["RA"] == pytest.approx(truth["ra_true"] + truth["pointing_error_deg"]["ra"], abs=1e-9)
         assert header["DEC"] == pytest.approx(truth["dec_true"] + truth["pointing_error_deg"]["dec"], abs=1e-9)
         errors.append(truth["pointing_error_arcsec"])
-        assert 0.5 <= truth["seeing_fwhm_arcsec"] <= 1.2 and 0.8 <= truth["transparency"] <= 1.0
+        assert 0.5 <= truth["seeing_fwhm_arcsec"] <= 1.2 and 0.75 <= truth["transparency"] <= 1.0
     assert errors[0] == {"east": 0.0, "north": 0.0}                 # the alignment reference
-    assert all(abs(e["north"]) <= 0.1 for e in errors) and any(abs(e["east"]) >= 0.3 for e in errors)
+    # the other errors are along the strip and ten times what muse_exp_align resolves (0.02")
+    assert all(abs(e["north"]) <= 0.1 for e in errors) and all(abs(e["east"]) >= 0.2 for e in errors[1:])
 
 
 def test_enough_bright_stars_in_every_overlap(simulated_run):

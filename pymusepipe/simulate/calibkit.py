@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..instrument import N_IFUS
+from ..instrument import N_IFUS, SPAXEL_SCALE_NFM_MEASURED
 from . import spectra
 from .model import RAW_NX, RAW_NY, InstrumentModel
 
@@ -29,14 +29,18 @@ KIT_FILES = {
     "LINE_CATALOG": "line_catalog.fits",
     "SKY_LINES": "sky_lines.fits",
     "FILTER_LIST": "filter_list.fits",
+    "RAMAN_LINES": "raman_lines.fits",
 }
+#: Astrometric solution of the narrow-field mode (the NFM uses the same GEOMETRY_TABLE as the WFM, as ESO's
+#: kit does: muse-pipeline notes, [MP]).
+NFM_ASTROMETRY_FILE = "astrometry_wcs_nfm.fits"
 
 #: ``calib_tables.dic`` key of each tag.
 CALIB_KEYS = {
     "GEOMETRY_TABLE": "geo_table", "ASTROMETRY_WCS": "astro_table", "BADPIX_TABLE": "badpix_table",
     "VIGNETTING_MASK": "vignetting_mask", "STD_FLUX_TABLE": "std_flux_table",
     "EXTINCT_TABLE": "extinct_table", "LINE_CATALOG": "line_catalog", "SKY_LINES": "sky_lines",
-    "FILTER_LIST": "filter_list",
+    "FILTER_LIST": "filter_list", "RAMAN_LINES": "raman_lines",
 }
 
 
@@ -83,10 +87,15 @@ def write_geometry_table(path, model: InstrumentModel) -> Path:
     return _write(path, [_primary("GEOMETRY_TABLE"), _table(columns)])
 
 
-def write_astrometry_wcs(path, model: InstrumentModel) -> Path:
-    """ASTROMETRY_WCS: primary header with the TAN projection, spaxel scale and no zero-point shift."""
+def write_astrometry_wcs(path, model: InstrumentModel, field: str = "WFM") -> Path:
+    """ASTROMETRY_WCS: primary header with the TAN projection, spaxel scale and no zero-point shift.
+
+    ``field="NFM"`` writes the narrow-field solution (the measured 0.02519" x 0.02542" spaxels).
+    """
     hdu = _primary("ASTROMETRY_WCS")
-    scale = model.spaxel_scale / 3600.0
+    scale_x = scale_y = model.spaxel_scale / 3600.0
+    if field == "NFM":
+        scale_x, scale_y = (value / 3600.0 for value in SPAXEL_SCALE_NFM_MEASURED)
     header = hdu.header
     header["WCSAXES"] = 2
     header["CTYPE1"] = "RA---TAN"
@@ -97,10 +106,10 @@ def write_astrometry_wcs(path, model: InstrumentModel) -> Path:
     header["CRPIX2"] = (0.0, "[pix] zero-point correction (none)")
     header["CRVAL1"] = 0.0
     header["CRVAL2"] = 0.0
-    header["CD1_1"] = -scale
+    header["CD1_1"] = -scale_x
     header["CD1_2"] = 0.0
     header["CD2_1"] = 0.0
-    header["CD2_2"] = scale
+    header["CD2_2"] = scale_y
     return _write(path, [hdu])
 
 
@@ -153,6 +162,20 @@ def write_sky_lines(path) -> Path:
                ("flux", "D", "10**(-20)*erg/(s cm^2 arcsec^2)", np.array([line[3] for line in lines])),
                ("dq", "J", "", np.zeros(len(lines), np.int32))]
     return _write(path, [_primary("SKY_LINES"), _table(columns, extname="LINES")])
+
+
+def write_raman_lines(path) -> Path:
+    """RAMAN_LINES: the laser-induced O2 (group 0) and N2 (group 1) Raman lines injected into the AO frames.
+
+    Same format as SKY_LINES (muse_scipost reads EXTNAME ``LINES`` with the SKY_LINES column definitions).
+    """
+    lines = spectra.raman_lines()
+    columns = [("name", "16A", "", np.array([line[0] for line in lines])),
+               ("group", "J", "", np.array([line[1] for line in lines], np.int32)),
+               ("lambda", "D", "Angstrom", np.array([line[2] for line in lines])),
+               ("flux", "D", "10**(-20)*erg/(s cm^2 arcsec^2)", np.array([line[3] for line in lines])),
+               ("dq", "J", "", np.zeros(len(lines), np.int32))]
+    return _write(path, [_primary("RAMAN_LINES"), _table(columns, extname="LINES")])
 
 
 def write_line_catalog(path, model: InstrumentModel) -> Path:
@@ -220,8 +243,8 @@ def write_calibration_kit(musecalib_dir, musecalib_time_dir, model: InstrumentMo
     Returns
     -------
     dict
-        tag -> Path of the files in ``musecalib``; the time-dependent files under keys
-        ``GEOMETRY_TABLE_TIME``, ``ASTROMETRY_WCS_TIME`` and ``VALIDITY_TABLE``.
+        tag -> Path of the files in ``musecalib`` (plus ``ASTROMETRY_WCS_NFM``); the time-dependent files under
+        keys ``GEOMETRY_TABLE_TIME``, ``ASTROMETRY_WCS_TIME`` (and ``..._NFM``) and ``VALIDITY_TABLE``.
     """
     calib = Path(musecalib_dir)
     timed = Path(musecalib_time_dir)
@@ -238,16 +261,21 @@ def write_calibration_kit(musecalib_dir, musecalib_time_dir, model: InstrumentMo
         "LINE_CATALOG": write_line_catalog(calib / KIT_FILES["LINE_CATALOG"], model),
         "SKY_LINES": write_sky_lines(calib / KIT_FILES["SKY_LINES"]),
         "FILTER_LIST": write_filter_list(calib / KIT_FILES["FILTER_LIST"]),
+        "RAMAN_LINES": write_raman_lines(calib / KIT_FILES["RAMAN_LINES"]),
+        "ASTROMETRY_WCS_NFM": write_astrometry_wcs(calib / NFM_ASTROMETRY_FILE, model, field="NFM"),
     }
     stamp = "sim01"
-    geo_name = f"geometry_table_wfm_{stamp}.fits"
-    astro_name = f"astrometry_wcs_wfm_{stamp}.fits"
-    paths["GEOMETRY_TABLE_TIME"] = write_geometry_table(timed / geo_name, model)
-    paths["ASTROMETRY_WCS_TIME"] = write_astrometry_wcs(timed / astro_name, model)
+    lines = ["# start       end          field  geometry_table                 astrometry_wcs"]
+    for field in ("wfm", "nfm"):
+        geo_name = f"geometry_table_{field}_{stamp}.fits"
+        astro_name = f"astrometry_wcs_{field}_{stamp}.fits"
+        suffix = "" if field == "wfm" else "_NFM"
+        paths[f"GEOMETRY_TABLE_TIME{suffix}"] = write_geometry_table(timed / geo_name, model)
+        paths[f"ASTROMETRY_WCS_TIME{suffix}"] = write_astrometry_wcs(timed / astro_name, model,
+                                                                     field=field.upper())
+        lines.append(f"{validity[0]}    {validity[1]}   {field}    {geo_name}  {astro_name}")
     validity_path = timed / "validity_table.txt"
-    validity_path.write_text(
-        "# start       end          field  geometry_table                 astrometry_wcs\n"
-        f"{validity[0]}    {validity[1]}   wfm    {geo_name}  {astro_name}\n")
+    validity_path.write_text("\n".join(lines) + "\n")
     paths["VALIDITY_TABLE"] = validity_path
     logger.info("calibration kit written to %s and %s", calib, timed)
     return paths

@@ -8,12 +8,15 @@ OUT4 top-left (muse_quadrants.c).
 """
 from __future__ import annotations
 
+import io
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+from ..instrument import N_IFUS
 from .model import (OVERSCAN, PORT_NX, PORT_NY, PRESCAN, RAW_NX, RAW_NY, TRIMMED_NX, TRIMMED_NY,
                     DetectorModel)
 
@@ -23,6 +26,8 @@ logger = logging.getLogger(__name__)
 ADU_MAX = 65535
 #: Port corner positions in the trimmed image (ESO DET OUTn X/Y), which the recipes check exactly.
 PORT_CORNERS = ((1, 1), (TRIMMED_NX, 1), (TRIMMED_NX, TRIMMED_NY), (1, TRIMMED_NY))
+#: Size of the data-less primary HDU astropy writes before an extension (one 2880-byte header block).
+_EMPTY_PRIMARY_BYTES = len(fits.PrimaryHDU().header.tostring())
 
 
 def _port_regions():
@@ -109,7 +114,55 @@ def chip_keywords(ifu: int, detector: DetectorModel) -> fits.Header:
     return header
 
 
-def write_raw_file(path, primary_header: fits.Header, ccds: dict, detector: DetectorModel) -> Path:
+@lru_cache(maxsize=N_IFUS)
+def _chip_keywords_cached(ifu, detector):
+    return chip_keywords(ifu, detector)
+
+
+def extension_header(ifu: int, detector: DetectorModel, primary_header: fits.Header) -> fits.Header:
+    """Header of the ``CHANnn`` extension of ``ifu``: chip keywords plus the read-out mode of the file."""
+    header = _chip_keywords_cached(ifu, detector).copy()
+    # the common DET keywords the pipeline compares across frames are also in the extension
+    for key in ("HIERARCH ESO DET READ CURID", "HIERARCH ESO DET READ CURNAME"):
+        short = key[len("HIERARCH "):]
+        if short in primary_header:
+            header[key] = primary_header[short]
+    return header
+
+
+def create_raw_file(path, primary_header: fits.Header) -> Path:
+    """Start a raw file: the header-only primary HDU (``CHANnn`` extensions are appended one by one)."""
+    path = Path(path)
+    fits.PrimaryHDU(header=primary_header).writeto(path, overwrite=True)
+    return path
+
+
+def append_ccd(path, ifu: int, data: np.ndarray, detector: DetectorModel, primary_header: fits.Header,
+               compress: bool = False) -> None:
+    """Append the ``CHANnn`` extension of ``ifu`` to a raw file started by :func:`create_raw_file`.
+
+    Parameters
+    ----------
+    data : ndarray
+        uint16 raw CCD (4240 x 4224), or a tiny stand-in for header-only files.
+    compress : bool
+        Write a RICE tile-compressed HDU (rows as tiles, as fpack does), as in the archive's ``.fits.fz``.
+    """
+    header = extension_header(ifu, detector, primary_header)
+    if compress:
+        hdu = fits.CompImageHDU(data=data, header=header, compression_type="RICE_1")
+    else:
+        hdu = fits.ImageHDU(data=data, header=header)
+    # astropy's append mode re-reads (and re-verifies) every HDU already in the file, which makes 24-IFU
+    # files quadratic in time: serialise the extension on its own and add its bytes at the end instead
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+    with open(path, "ab") as stream:
+        stream.write(buffer.getbuffer()[_EMPTY_PRIMARY_BYTES:])
+
+
+def write_raw_file(path, primary_header: fits.Header, ccds: dict, detector: DetectorModel,
+                   compress: bool = False) -> Path:
     """Write a raw MUSE file: header-only primary HDU plus one uint16 ``CHANnn`` image per IFU.
 
     Parameters
@@ -117,15 +170,7 @@ def write_raw_file(path, primary_header: fits.Header, ccds: dict, detector: Dete
     ccds : dict
         IFU number -> raw uint16 image (4240 x 4224).
     """
-    hdus = [fits.PrimaryHDU(header=primary_header)]
+    path = create_raw_file(path, primary_header)
     for ifu in sorted(ccds):
-        header = chip_keywords(ifu, detector)
-        # the common DET keywords the pipeline compares across frames are also in the extension
-        for key in ("HIERARCH ESO DET READ CURID", "HIERARCH ESO DET READ CURNAME"):
-            short = key[len("HIERARCH "):]
-            if short in primary_header:
-                header[key] = primary_header[short]
-        hdus.append(fits.ImageHDU(data=ccds[ifu], header=header))
-    path = Path(path)
-    fits.HDUList(hdus).writeto(path, overwrite=True)
+        append_ccd(path, ifu, ccds[ifu], detector, primary_header, compress=compress)
     return path

@@ -214,6 +214,11 @@ class InstrumentModel:
             self._maps[key] = self._compute_slice_maps(ifu, k)
         return self._maps[key]
 
+    def release(self, ifu: int | None = None) -> None:
+        """Forget the cached slice maps of ``ifu`` (all IFUs when None): ~0.3 GB per IFU."""
+        for key in [key for key in self._maps if ifu is None or key[0] == ifu]:
+            del self._maps[key]
+
     def _compute_slice_maps(self, ifu, k):
         layout = self.layout(ifu)
         half = layout.width[k] / 2.0

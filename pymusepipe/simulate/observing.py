@@ -12,7 +12,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from ..instrument import DEFAULT_MODE
+from ..instrument import AO_MODES, DEFAULT_MODE, field_of_mode
 from .spectra import ARC_LAMP_NUMBER, FLAT_LAMP_NUMBERS
 
 #: Paranal (VLT UT4): latitude, longitude [deg], elevation [m].
@@ -90,6 +90,7 @@ class Exposure:
     obs_id: int
     lamps: tuple = ()
     extra: dict = field(default_factory=dict)
+    mode: str = DEFAULT_MODE
 
     @property
     def date_obs(self) -> str:
@@ -100,18 +101,32 @@ class Exposure:
         """Archive-style name ``MUSE.<DATE-OBS>.fits``."""
         return f"MUSE.{self.date_obs}.fits"
 
+    @property
+    def on_sky(self) -> bool:
+        """Whether the light comes from the sky (through the telescope and, in AO modes, GALACSI)."""
+        return self.kind in _ON_SKY
 
-#: DPR keywords and template ids of each kind (ESO conventions).
+
+#: DPR keywords and template id pattern of each kind (ESO conventions); ``{field}`` is wfm or nfm, ``{ao}``
+#: ao or noao, ``{lgs}`` LGS for templates that use the laser guide stars.
 DPR = {
-    "BIAS": ("CALIB", "BIAS", "MUSE_wfm_cal_bias"),
-    "FLAT": ("CALIB", "FLAT,LAMP", "MUSE_wfm_cal_specflat"),
-    "ILLUM": ("CALIB", "FLAT,LAMP,ILLUM", "MUSE_wfm_cal_illum"),
-    "ARC": ("CALIB", "WAVE", "MUSE_wfm_cal_wave"),
-    "SKYFLAT": ("CALIB", "FLAT,SKY", "MUSE_wfm_cal_skyflat"),
-    "STD": ("CALIB", "STD", "MUSE_wfm-noao_obs_std"),
-    "SKY": ("SCIENCE", "SKY", "MUSE_wfm-noao_obs_genericoffset"),
-    "OBJECT": ("SCIENCE", "OBJECT", "MUSE_wfm-noao_obs_genericoffset"),
+    "BIAS": ("CALIB", "BIAS", "MUSE_{field}_cal_bias"),
+    "FLAT": ("CALIB", "FLAT,LAMP", "MUSE_{field}_cal_specflat"),
+    "ILLUM": ("CALIB", "FLAT,LAMP,ILLUM", "MUSE_{field}_cal_illum"),
+    "ARC": ("CALIB", "WAVE", "MUSE_{field}_cal_wave"),
+    "SKYFLAT": ("CALIB", "FLAT,SKY", "MUSE_{field}_cal_skyflat"),
+    "STD": ("CALIB", "STD", "MUSE_{field}-{ao}_obs_std{lgs}"),
+    "SKY": ("SCIENCE", "SKY", "MUSE_{field}-{ao}_obs_genericoffset{lgs}"),
+    "OBJECT": ("SCIENCE", "OBJECT", "MUSE_{field}-{ao}_obs_genericoffset{lgs}"),
 }
+
+
+def template_id(kind: str, mode: str) -> str:
+    """``ESO TPL ID`` of an exposure ``kind`` taken in ``mode``."""
+    ao = mode in AO_MODES
+    return DPR[kind][2].format(field=field_of_mode(mode).lower(), ao="ao" if ao else "noao",
+                               lgs="LGS" if ao else "")
+
 
 _ON_SKY = ("SKYFLAT", "STD", "SKY", "OBJECT")
 
@@ -126,7 +141,9 @@ def primary_header(exposure: Exposure, sequence: int) -> fits.Header:
     """
     if exposure.kind not in DPR:
         raise ValueError(f"unknown exposure kind {exposure.kind!r}; expected one of {sorted(DPR)}")
-    catg, dpr_type, tpl_id = DPR[exposure.kind]
+    catg, dpr_type, _ = DPR[exposure.kind]
+    tpl_id = template_id(exposure.kind, exposure.mode)
+    field_name = field_of_mode(exposure.mode)
     end_mjd = exposure.mjd + exposure.exptime / 86400.0
     alt, airm_start, parang_start, _ = horizontal(exposure.ra, exposure.dec, exposure.mjd)
     _, airm_end, parang_end, _ = horizontal(exposure.ra, exposure.dec, end_mjd)
@@ -149,7 +166,7 @@ def primary_header(exposure: Exposure, sequence: int) -> fits.Header:
     h["PI-COI"] = "SIMULATED"
     h["OBSERVER"] = "pymusepipe.simulate"
     h["ARCFILE"] = exposure.file_name
-    h["ORIGFILE"] = f"MUSE_WFM_{exposure.kind}{sequence:03d}_{exposure.tpl_expno:04d}.fits"
+    h["ORIGFILE"] = f"MUSE_{field_name}_{exposure.kind}{sequence:03d}_{exposure.tpl_expno:04d}.fits"
     h["HIERARCH ESO DPR CATG"] = catg
     h["HIERARCH ESO DPR TYPE"] = dpr_type
     h["HIERARCH ESO DPR TECH"] = "IFU"
@@ -161,11 +178,11 @@ def primary_header(exposure: Exposure, sequence: int) -> fits.Header:
     h["HIERARCH ESO TPL START"] = exposure.tpl_start
     h["HIERARCH ESO TPL NEXP"] = int(exposure.tpl_nexp)
     h["HIERARCH ESO TPL EXPNO"] = int(exposure.tpl_expno)
-    h["HIERARCH ESO INS MODE"] = DEFAULT_MODE
+    h["HIERARCH ESO INS MODE"] = exposure.mode
     h["HIERARCH ESO INS DROT MODE"] = "SKY"
     h["HIERARCH ESO INS DROT POSANG"] = (0.0, "[deg] position angle on the sky")
-    h["HIERARCH ESO INS OPTI1 NAME"] = "Nominal"
-    h["HIERARCH ESO INS OPTI2 NAME"] = "WFM"
+    h["HIERARCH ESO INS OPTI1 NAME"] = "Extended" if exposure.mode.endswith("-E") else "Nominal"
+    h["HIERARCH ESO INS OPTI2 NAME"] = field_name
     h["HIERARCH ESO INS LAMPNUM"] = len(LAMP_NAMES)
     for number, name in LAMP_NAMES.items():
         on = number in exposure.lamps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
+from ..instrument import NAD_NOTCH
 from . import spectra
 from .model import SLICES_PER_CCD, TRIMMED_NX, TRIMMED_NY, InstrumentModel
 
@@ -50,40 +51,57 @@ def _add_lines(box, model, ifu, k, columns, wavelengths, areas, sigmas_pix):
                 box[rows[ok], col_index[ok]] += fractions[index][ok]
 
 
-def _assemble(model, ifu, slice_electrons, floor=0.0, response=None):
-    """Build the full CCD image by adding each slice's box times its illumination profile."""
+def _apply_notch(box, maps, notch):
+    """Multiply the slice box by the NaD notch filter of mode ``notch`` (only the rows near the notch)."""
+    low, high = NAD_NOTCH[notch]
+    centre = maps.wavelength[:, maps.wavelength.shape[1] // 2]
+    margin = spectra.NOTCH_EDGE + 5.0          # > the wavelength spread across a slice row
+    rows = np.nonzero((centre > low - margin) & (centre < high + margin))[0]
+    if rows.size:
+        rows = slice(rows[0], rows[-1] + 1)
+        box[rows] *= spectra.notch_transmission(maps.wavelength[rows], notch).astype(np.float32)
+
+
+def _assemble(model, ifu, slice_electrons, floor=0.0, response=None, notch=None):
+    """Build the full CCD image by adding each slice's box times its illumination profile.
+
+    ``notch``: observing mode whose NaD notch filter the light passed (None: no notch filter in the beam).
+    The floor (scattered light) is not filtered: it is light scattered inside the spectrograph.
+    """
     image = np.full((TRIMMED_NY, TRIMMED_NX), floor, dtype=np.float32)
     for k in range(SLICES_PER_CCD):
         maps = model.slice_maps(ifu, k)
         box = slice_electrons(k, maps)
         box *= maps.illumination
+        if notch in NAD_NOTCH:
+            _apply_notch(box, maps, notch)
         image[:, maps.columns[0]:maps.columns[-1] + 1] += box
     if response is not None:
         image *= response
     return image
 
 
-def lamp_flat(model: InstrumentModel, ifu: int, peak=30000.0, scattered=20.0, response=None):
+def lamp_flat(model: InstrumentModel, ifu: int, peak=30000.0, scattered=20.0, response=None, notch=None):
     """Continuum-lamp flat field (FLAT or ILLUM): halogen spectrum, ``peak`` e- at its maximum."""
     def slice_electrons(k, maps):
         # smooth spectrum: evaluate on the central column, broadcast across the slice
         centre = maps.wavelength[:, maps.wavelength.shape[1] // 2]
         column = (peak * spectra.lamp_continuum(centre)).astype(np.float32)
         return np.repeat(column[:, None], maps.wavelength.shape[1], axis=1)
-    return _assemble(model, ifu, slice_electrons, floor=scattered, response=response)
+    return _assemble(model, ifu, slice_electrons, floor=scattered, response=response, notch=notch)
 
 
-def twilight_flat(model: InstrumentModel, ifu: int, peak=20000.0, response=None):
+def twilight_flat(model: InstrumentModel, ifu: int, peak=20000.0, response=None, notch=None):
     """Twilight sky flat (SKYFLAT): solar-like spectrum, uniform over the field (as the science sky)."""
     def slice_electrons(k, maps):
         # the few absorption lines move by < 2 A across a slice; irrelevant for an illumination flat
         centre = maps.wavelength[:, maps.wavelength.shape[1] // 2]
         column = (peak * spectra.twilight_spectrum(centre)).astype(np.float32)
         return np.repeat(column[:, None], maps.wavelength.shape[1], axis=1)
-    return _assemble(model, ifu, slice_electrons, floor=10.0, response=response)
+    return _assemble(model, ifu, slice_electrons, floor=10.0, response=response, notch=notch)
 
 
-def arc(model: InstrumentModel, ifu: int, lamp: str, response=None):
+def arc(model: InstrumentModel, ifu: int, lamp: str, response=None, notch=None):
     """Arc exposure of one lamp: its lines, LSF sigma ``model.lsf_sigma_pix`` rows, on a faint floor."""
     lines = spectra.arc_lines(lamp)
 
@@ -95,10 +113,10 @@ def arc(model: InstrumentModel, ifu: int, lamp: str, response=None):
         sigmas = np.full(wavelengths.shape, model.lsf_sigma_pix)
         _add_lines(box, model, ifu, k, maps.columns, wavelengths, areas, sigmas)
         return box
-    return _assemble(model, ifu, slice_electrons, floor=5.0, response=response)
+    return _assemble(model, ifu, slice_electrons, floor=5.0, response=response, notch=notch)
 
 
-def scene(model: InstrumentModel, ifu: int, sky_scene, exposure, response=None):
+def scene(model: InstrumentModel, ifu: int, sky_scene, exposure, response=None, notch=None):
     """Science-like exposure (OBJECT, SKY, STD) of ``sky_scene`` as seen in ``exposure``.
 
     Parameters
@@ -107,7 +125,9 @@ def scene(model: InstrumentModel, ifu: int, sky_scene, exposure, response=None):
         What is on the sky (sources, disc, night sky).
     exposure : pymusepipe.simulate.scene.ExposureConditions
         Pointing, exposure time, airmass, seeing and transparency.
+    notch : str or None
+        Mode whose NaD notch filter the light passed.
     """
     def slice_electrons(k, maps):
         return sky_scene.slice_electrons(model, ifu, k, maps, exposure, _add_lines)
-    return _assemble(model, ifu, slice_electrons, floor=0.0, response=response)
+    return _assemble(model, ifu, slice_electrons, floor=0.0, response=response, notch=notch)

@@ -1,15 +1,24 @@
-"""A complete synthetic observing run: raw frames of one night, the calibration kit, configuration files
-and the truth to check a reduction against.
+"""Writing a simulated programme: raw frames of every night, the calibration kit, configuration files, the
+reference images and the truth of every target.
 
 Layout written under ``outdir``::
 
-    <target>/P01/Raw/MUSE.<DATE-OBS>.fits ...   (P02... for more pointings)
-    <target>/truth.json
-    calib/musecalib/...        calib/musecalib_time/...
-    Config/rc.dic              Config/calib_tables.dic
+    <target>/P0N/Raw/MUSE.<DATE-OBS>.fits[.fz] ...  science (and, calibration_raw="pointing", the calibrations
+                                                    of the nights the pointing was observed, hard-linked)
+    Calibrations/Raw/...                            calibrations (calibration_raw="shared")
+    <target>/truth.json                             the truth of each target
+    <target>/reference_<filter>.fits                reference image (targets that ask for one)
+    calib/musecalib/...   calib/musecalib_time/...  the calibration kit
+    Config/rc.dic         Config/calib_tables.dic
+    programme.json                                  the programme, as :meth:`Programme.to_dict`
+
+Raw files are written one IFU at a time: every file is started with its primary header, then for each IFU
+the ``CHANnn`` extension of every file is rendered and appended, and the IFU's caches (slice maps, flat
+fields, pixel response) are released. Peak memory is therefore that of one IFU whatever the number of IFUs.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -20,38 +29,74 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 
-from ..instrument import N_IFUS
+from ..instrument import AO_MODES, DEFAULT_MODE, NAD_NOTCH, field_of_mode
 from . import render, spectra
-from .calibkit import CALIB_KEYS, KIT_FILES, write_calibration_kit
-from .detector import electrons_to_raw, write_raw_file
+from .calibkit import CALIB_KEYS, KIT_FILES, NFM_ASTROMETRY_FILE, write_calibration_kit
+from .detector import append_ccd, create_raw_file, electrons_to_raw
+from .errors import SimulationError
 from .model import RAW_NX, RAW_NY, InstrumentModel
-from .observing import Exposure, GEOLAT, horizontal, lamps_of, primary_header, transit_mjd
-from .scene import DISC_LINES, EmissionDisc, ExposureConditions, PointSource, SkyScene
+from .observing import horizontal, primary_header
+from .programme import Programme, demo_programme
+from .scene import DISC_LINES, ExposureConditions, PointSource, SkyScene, source_to_sky_ratio
+from .schedule import schedule_programme
 
 logger = logging.getLogger(__name__)
 
 #: Bytes of one raw CCD extension (uint16) plus headers.
 BYTES_PER_CCD = RAW_NX * RAW_NY * 2 + 40_000
-#: UTC evening of the simulated night.
-NIGHT = "2026-03-14"
-#: Dither step between exposures of a pointing and pointing-error scale, along the strip [arcsec].
-DITHER_STEP = 1.6
-#: Offset of pointing P(n+1) from P(n) along the strip [arcsec].
-POINTING_STEP = 20.0
-#: Stars per IFU strip, and their minimum separation [arcsec] (isolated: fluxes measurable one by one).
-STARS_PER_IFU = 16
-MIN_STAR_SEPARATION = 3.0
+#: Compression ratio assumed for the free-space check of ``.fits.fz`` files (measured ~3.5 on biases).
+COMPRESSION_RATIO = 2.0
+#: Area of one spaxel of the final WFM cube [arcsec2]: sky-line fluxes per spaxel = per arcsec2 x this.
+CUBE_SPAXEL_AREA = 0.2 * 0.2
+#: Thresholds of the source-to-sky ratio that define "sky-dominated" and "clean sky" spaxels.
+SKY_DOMINATED, CLEAN_SKY = 1.0, 0.1
 
 
-class SimulationError(ValueError):
-    """Bad options for a simulated run; raised before anything is written."""
+@dataclass
+class SimulatedProgramme:
+    """What :func:`simulate_programme` wrote.
+
+    Attributes
+    ----------
+    root : Path
+        Data root; raw files of target T, pointing N are in ``root/T/P0N/Raw``.
+    programme : Programme
+        The (checked) programme.
+    rc_file, cal_file : Path
+        Ready ``rc.dic`` and ``calib_tables.dic``.
+    musecalib, musecalib_time : Path
+    targets : dict
+        Target name -> its truth (the content of ``<root>/<target>/truth.json``).
+    truth_files : dict
+        Target name -> Path of its ``truth.json``.
+    reference_images : dict
+        Target name -> Path of its reference image (targets that have one).
+    raw_files : list of Path
+        Every raw file, hard links included.
+    calibration_kit : dict
+        Tag -> Path of the kit files.
+    programme_file : Path
+        ``programme.json``.
+    """
+
+    root: Path
+    programme: Programme
+    rc_file: Path
+    cal_file: Path
+    musecalib: Path
+    musecalib_time: Path
+    targets: dict
+    truth_files: dict
+    reference_images: dict = field(default_factory=dict)
+    raw_files: list = field(default_factory=list)
+    calibration_kit: dict = field(default_factory=dict)
+    programme_file: Path | None = None
 
 
 @dataclass
 class SimulatedRun:
-    """What :func:`simulate_run` wrote.
+    """What :func:`simulate_run` wrote (one target of a one-night programme).
 
     Attributes
     ----------
@@ -68,6 +113,8 @@ class SimulatedRun:
         Every raw file written (calibrations are in P01/Raw and linked into the other pointings).
     calibration_kit : dict
         tag -> Path of the kit files.
+    programme : SimulatedProgramme or None
+        The full result of :func:`simulate_programme`.
     """
 
     root: Path
@@ -80,91 +127,166 @@ class SimulatedRun:
     truth: dict
     raw_files: list = field(default_factory=list)
     calibration_kit: dict = field(default_factory=dict)
+    programme: SimulatedProgramme | None = None
 
 
-def _check_options(outdir, target, ifus, pointings, exposures, overwrite):
-    try:
-        ifus = tuple(int(i) for i in ifus)
-    except (TypeError, ValueError):
-        raise SimulationError(f"ifus={ifus!r}: expected a sequence of IFU numbers within 1-{N_IFUS}") from None
-    bad = [i for i in ifus if not 1 <= i <= N_IFUS]
-    if not ifus or bad:
-        raise SimulationError(f"ifus={ifus!r}: IFU numbers must be within 1-{N_IFUS} (bad: {bad})")
-    if len(set(ifus)) != len(ifus):
-        raise SimulationError(f"ifus={ifus!r}: IFU numbers must be unique")
-    if int(pointings) < 1 or int(pointings) > 9:
-        raise SimulationError(f"pointings={pointings!r}: expected 1 to 9")
-    if int(exposures) < 2:
-        raise SimulationError(f"exposures={exposures!r}: muse_exp_align needs at least 2 per pointing")
-    if not str(target) or any(c in str(target) for c in "/\\ "):
-        raise SimulationError(f"target={target!r}: expected a non-empty name without spaces or slashes")
+# -- options -----------------------------------------------------------------------------------------------
+def _check_outdir(outdir, overwrite, needed_bytes):
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise SimulationError(f"outdir {outdir} exists and is not a folder")
     if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
         raise SimulationError(f"outdir {outdir} is not empty; pass overwrite=True (--overwrite) to write "
                               "into it anyway")
-    n_frames = 14 + int(pointings) * int(exposures)
-    needed = int(n_frames * len(ifus) * BYTES_PER_CCD * 1.05 + 20e6)
     probe = outdir
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise SimulationError(f"not enough free disk space in {probe}: {n_frames} raw frames x {len(ifus)} "
-                              f"IFU(s) need ~{needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
-    return tuple(sorted(ifus)), int(pointings), int(exposures)
+    if free < needed_bytes:
+        raise SimulationError(f"not enough free disk space in {probe}: the raw frames need "
+                              f"~{needed_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
-def _design_scene(model, rng, ifus, field_ra, field_dec, pointings):
-    """Stars over the strips of ``ifus`` (covering every pointing) and a disc in the first strip."""
-    cos_dec = np.cos(np.radians(field_dec))
-    stars, positions = [], []
-    # the strip spans +/-30" east-west around each pointing; pointings step eastwards
-    half_length = model.slice_length * 2 * model.spaxel_scale
-    east_min, east_max = -half_length + 1.0, half_length + POINTING_STEP * (pointings - 1) - 1.0
-    # the same density (STARS_PER_IFU per 60" strip) over the longer field of several pointings
-    per_ifu = int(round(STARS_PER_IFU * (east_max - east_min + 2.0) / (2 * half_length)))
-    for ifu in ifus:
-        _, _, ymin, ymax = model.ifu_focal_extent(ifu)
-        # keep stars 0.75" inside the 2.5" strip: their PSF is recorded and fittable in the image
-        north_lo = (ymin - model.focal_centre[1]) * model.spaxel_scale + 0.75
-        north_hi = (ymax - model.focal_centre[1]) * model.spaxel_scale - 0.75
-        placed = 0
-        for _ in range(100 * per_ifu):
-            if placed == per_ifu:
-                break
-            east, north = rng.uniform(east_min, east_max), rng.uniform(north_lo, north_hi)
-            if any(np.hypot(east - e, north - n) < MIN_STAR_SEPARATION for e, n, _ in positions):
+def _needed_bytes(programme, n_frames):
+    if programme.header_only:
+        per_ccd = 30_000
+    else:
+        per_ccd = BYTES_PER_CCD / (COMPRESSION_RATIO if programme.compress else 1.0)
+    return int(n_frames * len(programme.ifus) * per_ccd * 1.05 + 30e6)
+
+
+# -- the programme ---------------------------------------------------------------------------------------------
+def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False, only=None) -> SimulatedProgramme:
+    """Write a simulated MUSE observing programme: raw frames, calibration kit, configuration, reference
+    images and the truth of every target.
+
+    Parameters
+    ----------
+    outdir : path-like
+        Output folder (the data root); must be empty (or absent) unless ``overwrite``.
+    programme : Programme
+        What was observed (nights, targets, blocks) and how files are written (IFUs, compression, where the
+        calibrations go, header-only).
+    overwrite : bool
+        Allow writing into a non-empty ``outdir``.
+    only : sequence of str, optional
+        Write only the raw frames of these kinds (e.g. ``("FLAT", "OBJECT")``, for quick tests); the others
+        are planned, drawn and listed in the truth (``"written": false``) exactly as in a full run, so the
+        frames written are the same bytes.
+
+    Returns
+    -------
+    SimulatedProgramme
+
+    Raises
+    ------
+    SimulationError
+        Bad options (before anything is written).
+    """
+    if not isinstance(programme, Programme):
+        raise SimulationError(f"programme: expected a Programme, got {type(programme).__name__}")
+    programme = programme.check()
+    kinds = ("BIAS", "FLAT", "ARC", "SKYFLAT", "ILLUM", "STD", "SKY", "OBJECT")
+    if only is not None:
+        only = tuple(str(kind).upper() for kind in only)
+        if not only or set(only) - set(kinds):
+            raise SimulationError(f"only={only!r}: expected kinds among {', '.join(kinds)}")
+    model = InstrumentModel(ifus=programme.ifus)
+    schedule = schedule_programme(programme, model)
+    written = [only is None or frame.exposure.kind in only for frame in schedule.frames]
+    _check_outdir(outdir, overwrite, _needed_bytes(programme, sum(written)))
+    root = Path(outdir).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+
+    # -- kit and configuration -----------------------------------------------------------------------------
+    musecalib, musecalib_time = root / "calib" / "musecalib", root / "calib" / "musecalib_time"
+    kit = write_calibration_kit(musecalib, musecalib_time, model,
+                                stars={star["name"]: star for star in schedule.standards})
+    config = root / "Config"
+    config.mkdir(parents=True, exist_ok=True)
+    rc_file = config / "rc.dic"
+    rc_file.write_text("# pymusepipe rc.dic written by pymusepipe.simulate\n"
+                       f"musecalib {musecalib}/\nmusecalib_time {musecalib_time}/\nroot {root}/\n")
+    files = dict(KIT_FILES)
+    if all(field_of_mode(n.mode) == "NFM" for n in programme.nights):
+        files["ASTROMETRY_WCS"] = NFM_ASTROMETRY_FILE
+    cal_file = config / "calib_tables.dic"
+    cal_file.write_text("# pymusepipe calib_tables.dic written by pymusepipe.simulate\n"
+                        + "".join(f"{CALIB_KEYS[tag]} {files[tag]}\n" for tag in CALIB_KEYS))
+    programme_file = root / "programme.json"
+    programme_file.write_text(json.dumps(programme.to_dict(), indent=1))
+
+    # -- raw frames, one IFU at a time ---------------------------------------------------------------------
+    suffix = ".fits.fz" if programme.compress else ".fits"
+    headers, paths = [], []
+    for frame, write in zip(schedule.frames, written):
+        raw = root / frame.raw_dirs[0]
+        path = raw / (frame.exposure.file_name[:-len(".fits")] + suffix)
+        header = primary_header(frame.exposure, frame.key + 1)
+        header["ARCFILE"] = path.name
+        if write:
+            raw.mkdir(parents=True, exist_ok=True)
+            create_raw_file(path, header)
+        headers.append(header)
+        paths.append(path)
+    scenes = _scenes(schedule)
+    for ifu in programme.ifus:
+        factory = _FrameFactory(model, scenes, programme.seed)
+        for frame, header, path, write in zip(schedule.frames, headers, paths, written):
+            if not write:
                 continue
-            positions.append((east, north, ifu))
-            placed += 1
-    for east, north, _ in positions:
-        stars.append(PointSource(ra=field_ra + east / 3600.0 / cos_dec, dec=field_dec + north / 3600.0,
-                                 vmag=float(rng.uniform(17.0, 20.5)),
-                                 temperature=float(rng.uniform(4000.0, 9000.0))))
-    _, _, ymin, ymax = model.ifu_focal_extent(ifus[0])
-    disc_north = 0.5 * (ymin + ymax - 2 * model.focal_centre[1]) * model.spaxel_scale
-    disc = EmissionDisc(ra=field_ra + 6.0 / 3600.0 / cos_dec, dec=field_dec + disc_north / 3600.0)
-    return stars, disc
+            if programme.header_only:
+                data = np.full((1, 1), int(model.detector.bias_level[0]), dtype=np.uint16)
+            else:
+                data = factory.raw(frame, ifu)
+            append_ccd(path, ifu, data, model.detector, header, compress=programme.compress)
+            del data
+        factory.release()
+        model.release(ifu)
+        if not programme.header_only:
+            gc.collect()       # return the IFU's ~1 GB of images before the next IFU allocates its own
+        logger.info("IFU %d written into %d raw files", ifu, len(paths))
+    raw_files = []
+    for frame, path, write in zip(schedule.frames, paths, written):
+        if not write:
+            continue
+        raw_files.append(path)
+        for other in frame.raw_dirs[1:]:
+            target = root / other / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(path, target)
+            raw_files.append(target)
+
+    # -- reference images and truths -------------------------------------------------------------------------
+    from .reference import write_reference_image
+    references, truths, truth_files = {}, {}, {}
+    for target in programme.targets:
+        design = schedule.targets[target.name]
+        reference = None
+        if target.reference is not None:
+            path = root / target.name / f"reference_{target.reference.filter}.fits"
+            reference = write_reference_image(path, design, target.reference, seed=programme.seed,
+                                              model=model)
+            reference["file"] = str(path.relative_to(root))
+            references[target.name] = path
+        truth = _target_truth(root, programme, schedule, model, target, design, paths, written, reference)
+        truth_file = root / target.name / "truth.json"
+        truth_file.parent.mkdir(parents=True, exist_ok=True)
+        truth_file.write_text(json.dumps(truth, indent=1))
+        truths[target.name], truth_files[target.name] = truth, truth_file
+    logger.info("simulated programme written to %s (%d raw files)", root, len(raw_files))
+    return SimulatedProgramme(root=root, programme=programme, rc_file=rc_file, cal_file=cal_file,
+                              musecalib=musecalib, musecalib_time=musecalib_time, targets=truths,
+                              truth_files=truth_files, reference_images=references, raw_files=raw_files,
+                              calibration_kit=kit, programme_file=programme_file)
 
 
-def _truth_of_stars(stars):
-    wavelength = np.arange(4600.0, 9400.0, 1.0)
-    out = []
-    for star in stars:
-        spectrum = star.spectrum(wavelength)
-        fluxes = {name: spectra.filter_average(name, wavelength, spectrum) for name in spectra.FILTERS}
-        white = wavelength[(wavelength >= 4750) & (wavelength <= 9350)]
-        fluxes["white"] = float(np.mean(star.spectrum(white)))
-        out.append({"ra": star.ra, "dec": star.dec, "vmag": star.vmag, "temperature": star.temperature,
-                    "flux": fluxes})
-    return out
+def simulate_run(outdir, *, target="SIMGAL", ifus=(1,), pointings=1, exposures=2, seed=1, overwrite=False,
+                 compress=False, header_only=False, mode=DEFAULT_MODE) -> SimulatedRun:
+    """Write the one-night demo run: calibrations, a standard star, and per pointing one block of dithered
+    OBJECT exposures with an offset sky; plus the calibration kit, configuration and truth.
 
-
-def simulate_run(outdir, *, target="SIMGAL", ifus=(1,), pointings=1, exposures=2, seed=1,
-                 overwrite=False) -> SimulatedRun:
-    """Write a complete synthetic MUSE observing run, its calibration kit, configuration and truth.
+    A thin wrapper of :func:`simulate_programme` with :func:`~pymusepipe.simulate.programme.demo_programme`.
 
     Parameters
     ----------
@@ -182,6 +304,10 @@ def simulate_run(outdir, *, target="SIMGAL", ifus=(1,), pointings=1, exposures=2
         Seed of the scene, the observing conditions and the noise: same seed, same files.
     overwrite : bool
         Allow writing into a non-empty ``outdir``.
+    compress, header_only : bool
+        See :class:`~pymusepipe.simulate.programme.Programme`.
+    mode : str
+        ``ESO INS MODE`` of the night.
 
     Returns
     -------
@@ -192,164 +318,22 @@ def simulate_run(outdir, *, target="SIMGAL", ifus=(1,), pointings=1, exposures=2
     SimulationError
         Bad options (before anything is written).
     """
-    ifus, pointings, exposures = _check_options(outdir, target, ifus, pointings, exposures, overwrite)
-    root = Path(outdir).absolute()
-    rng = np.random.default_rng([int(seed), 0])
-    model = InstrumentModel(ifus=ifus)
-
-    # -- the night: the target transits at ~03:00 UTC, the standard at ~01:00 UTC (both near the zenith,
-    # so differential atmospheric refraction, which the simulator does not model, stays < 0.05")
-    start = Time(f"{NIGHT}T00:00:00", scale="utc").mjd
-    field_ra = 156.0
-    field_dec = round(GEOLAT + 0.9, 4)
-    object_transit = transit_mjd(field_ra, start + 1.125)
-    std_ra = 126.0
-    std_transit = transit_mjd(std_ra, start + 1.04)
-    std_star = {"name": "SIM_WD1", "ra": std_ra, "dec": round(GEOLAT + 0.6, 4), "temperature": 40000.0,
-                "vmag": 12.0}
-    stars, disc = _design_scene(model, rng, ifus, field_ra, field_dec, pointings)
-
-    # pointing of the standard: the star must fall on the first simulated strip, away from its edges
-    _, _, ymin, ymax = model.ifu_focal_extent(ifus[0])
-    strip_north = 0.5 * (ymin + ymax - 2 * model.focal_centre[1]) * model.spaxel_scale
-    std_pointing = (std_ra + 3.0 / 3600.0 / np.cos(np.radians(std_star["dec"])),
-                    std_star["dec"] - strip_north / 3600.0 - 0.1 / 3600.0)
-
-    plan = []   # (Exposure, kind-specific dict)
-    obs_id = 1_400_000 + int(seed) % 1000 * 100
-    seq = [0]
-
-    def add_template(kind, first_mjd, items, step_s, object_name, ra, dec, obs_offset):
-        tpl_start = Time(first_mjd, format="mjd", scale="utc").isot[:19]
-        mjd = first_mjd + 2.0 / 86400.0
-        for number, item in enumerate(items, start=1):
-            exposure = Exposure(kind=item.get("kind", kind), mjd=mjd, exptime=item["exptime"],
-                                ra=item.get("ra", ra), dec=item.get("dec", dec), object_name=object_name,
-                                tpl_start=tpl_start, tpl_nexp=len(items), tpl_expno=number,
-                                obs_id=obs_id + obs_offset, lamps=item.get("lamps", ()))
-            if "seeing" in item:   # DIMM seeing, as the observatory records it
-                exposure.extra.update({"HIERARCH ESO TEL AMBI FWHM START": round(item["seeing"], 3),
-                                       "HIERARCH ESO TEL AMBI FWHM END": round(item["seeing"], 3)})
-            plan.append((exposure, item))
-            seq[0] += 1
-            mjd += (item["exptime"] + step_s) / 86400.0
-        return mjd
-
-    zenith_ra = 0.0   # daytime calibrations: the telescope is parked, its RA/DEC are irrelevant
-    add_template("BIAS", start + 20.0 / 24, [{"exptime": 0.0}] * 3, 60.0, "BIAS", zenith_ra, GEOLAT, 1)
-    add_template("FLAT", start + 20.2 / 24, [{"exptime": 8.0, "lamps": lamps_of("FLAT")}] * 3, 50.0,
-                 "FLAT", zenith_ra, GEOLAT, 2)
-    arcs = [{"exptime": t, "lamps": lamps_of("ARC", lamp), "lamp": lamp}
-            for lamp, t in (("HgCd", 5.0), ("Ne", 10.0), ("Xe", 15.0))]
-    add_template("ARC", start + 20.4 / 24, arcs, 45.0, "WAVE", zenith_ra, GEOLAT, 3)
-    twilight = [{"exptime": 10.0, "level": level} for level in (1.0, 0.8, 0.65)]
-    add_template("SKYFLAT", start + 23.6 / 24, twilight, 60.0, "SKYFLAT", 90.0, -30.0, 4)
-    add_template("STD", std_transit - 60.0 / 86400.0, [{"exptime": 60.0, "seeing": 0.6,
-                                                        "transparency": 1.0}],
-                 0.0, std_star["name"], std_pointing[0], std_pointing[1], 5)
-
-    # science: per pointing one template (OBJECT exposures, the SKY after the first OBJECT of P01)
-    obj_exptime, sky_exptime = 600.0, 300.0
-    n_sci = pointings * exposures + 1
-    sci_start = object_transit - (n_sci * (obj_exptime + 60.0)) / 2.0 / 86400.0
-    add_template("ILLUM", sci_start - 180.0 / 86400.0, [{"exptime": 5.0, "lamps": lamps_of("ILLUM")}], 0.0,
-                 "ILLUM", field_ra, field_dec, 6)
-    cos_dec = np.cos(np.radians(field_dec))
-    mjd = sci_start
-    exposure_index = 0
-    for pointing in range(1, pointings + 1):
-        items = []
-        for number in range(exposures):
-            # dithers and pointing errors lie along the strip (east-west): a one-IFU strip is 2.5" high
-            dither_east = POINTING_STEP * (pointing - 1) + DITHER_STEP * number * (-1) ** number
-            if exposure_index == 0:
-                error_east, error_north = 0.0, 0.0      # the alignment reference: no pointing error
-            else:
-                error_east = float(rng.uniform(0.3, 1.2) * rng.choice([-1, 1]))
-                error_north = float(rng.uniform(-0.05, 0.05))
-            true_ra = field_ra + dither_east / 3600.0 / cos_dec
-            true_dec = field_dec
-            item = {"kind": "OBJECT", "exptime": obj_exptime, "pointing": pointing,
-                    "dither_east": dither_east, "dither_north": 0.0,
-                    "error_east": error_east, "error_north": error_north,
-                    "true_ra": true_ra, "true_dec": true_dec,
-                    "ra": true_ra + error_east / 3600.0 / cos_dec, "dec": true_dec + error_north / 3600.0,
-                    "seeing": float(rng.uniform(0.7, 1.0)), "transparency": float(rng.uniform(0.90, 1.0))}
-            if exposure_index == 0:
-                item["transparency"] = 1.0
-            items.append(item)
-            exposure_index += 1
-            if pointing == 1 and number == 0:
-                sky_ra, sky_dec = field_ra + 0.1, field_dec - 0.05   # an empty field 6' away
-                items.append({"kind": "SKY", "exptime": sky_exptime, "true_ra": sky_ra, "true_dec": sky_dec,
-                              "ra": sky_ra, "dec": sky_dec, "seeing": 0.8, "transparency": 1.0})
-        mjd = add_template("OBJECT", mjd, items, 60.0, target, field_ra, field_dec, 10 + pointing)
-
-    # -- write: kit, config, frames, truth --------------------------------------------------------------
-    musecalib = root / "calib" / "musecalib"
-    musecalib_time = root / "calib" / "musecalib_time"
-    kit = write_calibration_kit(musecalib, musecalib_time, model,
-                                stars={std_star["name"]: std_star})
-    config = root / "Config"
-    config.mkdir(parents=True, exist_ok=True)
-    rc_file = config / "rc.dic"
-    rc_file.write_text("# pymusepipe rc.dic written by pymusepipe.simulate\n"
-                       f"musecalib {musecalib}/\nmusecalib_time {musecalib_time}/\nroot {root}/\n")
-    cal_file = config / "calib_tables.dic"
-    cal_file.write_text("# pymusepipe calib_tables.dic written by pymusepipe.simulate\n"
-                        + "".join(f"{CALIB_KEYS[tag]} {KIT_FILES[tag]}\n" for tag in CALIB_KEYS))
-    raw_dirs = []
-    for pointing in range(1, pointings + 1):
-        raw_dir = root / target / f"P{pointing:02d}" / "Raw"
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        raw_dirs.append(raw_dir)
-
-    frames = _FrameFactory(model, SkyScene(stars=stars, disc=disc),
-                           SkyScene(stars=[PointSource(std_star["ra"], std_star["dec"], std_star["vmag"],
-                                                       std_star["temperature"])]),
-                           SkyScene(), seed)
-    raw_files, exposures_truth = [], []
-    for index, (exposure, item) in enumerate(plan):
-        pointing = item.get("pointing", 1)
-        path = raw_dirs[pointing - 1] / exposure.file_name
-        header = primary_header(exposure, index + 1)
-        ccds = {ifu: frames.raw(exposure, item, ifu, index) for ifu in ifus}
-        write_raw_file(path, header, ccds, model.detector)
-        raw_files.append(path)
-        if exposure.kind not in ("OBJECT",) and pointings > 1:
-            for other in raw_dirs[1:]:
-                _link_or_copy(path, other / path.name)
-                raw_files.append(other / path.name)
-        logger.info("wrote %s (%s)", path.name, exposure.kind)
-        exposures_truth.append(_exposure_truth(exposure, item, path, root))
-    frames.release()
-
-    truth = {
-        "target": target, "seed": int(seed), "ifus": list(ifus), "night": NIGHT,
-        "units": {"flux": "1e-20 erg/s/cm2/A (point sources: total; disc: per spaxel)",
-                  "positions": "deg (ICRS/J2000)"},
-        "field_centre": {"ra": field_ra, "dec": field_dec},
-        "point_sources": _truth_of_stars(stars),
-        "disc": {"ra": disc.ra, "dec": disc.dec, "position_angle": disc.position_angle,
-                 "inclination": disc.inclination, "scale_length_arcsec": disc.scale_length,
-                 "continuum_central": disc.continuum, "velocity_kms": disc.velocity,
-                 "rotation_kms": disc.rotation, "turnover_arcsec": disc.turnover,
-                 "dispersion_kms": disc.dispersion,
-                 "velocity_frame": "topocentric (the pipeline's barycentric correction is not applied "
-                                   "to the truth)",
-                 "line_central_flux": {name: disc.halpha * ratio for name, (_, ratio) in DISC_LINES.items()},
-                 "line_rest_wavelength": {name: rest for name, (rest, _) in DISC_LINES.items()}},
-        "standard_star": std_star,
-        "sky_lines": [{"name": n, "group": g, "lambda": w, "flux": f} for n, g, w, f in spectra.SKY_LINES],
-        "exposures": exposures_truth,
-        "instrument": model.truth(),
-    }
-    truth_file = root / target / "truth.json"
-    truth_file.write_text(json.dumps(truth, indent=1))
-    logger.info("simulated run written to %s (%d raw files)", root, len(raw_files))
-    return SimulatedRun(root=root, target=target, rc_file=rc_file, cal_file=cal_file, musecalib=musecalib,
-                        musecalib_time=musecalib_time, truth_file=truth_file, truth=truth,
-                        raw_files=raw_files, calibration_kit=kit)
+    try:
+        pointings, exposures = int(pointings), int(exposures)
+    except (TypeError, ValueError):
+        raise SimulationError(f"pointings={pointings!r}, exposures={exposures!r}: expected integers") from None
+    if not 1 <= pointings <= 9:
+        raise SimulationError(f"pointings={pointings!r}: expected 1 to 9")
+    if exposures < 2:
+        raise SimulationError(f"exposures={exposures!r}: muse_exp_align needs at least 2 per pointing")
+    programme = demo_programme(target=target, ifus=ifus, pointings=pointings, exposures=exposures, seed=seed,
+                               mode=mode, compress=compress, header_only=header_only)
+    result = simulate_programme(outdir, programme, overwrite=overwrite)
+    name = programme.targets[0].name
+    return SimulatedRun(root=result.root, target=name, rc_file=result.rc_file, cal_file=result.cal_file,
+                        musecalib=result.musecalib, musecalib_time=result.musecalib_time,
+                        truth_file=result.truth_files[name], truth=result.targets[name],
+                        raw_files=result.raw_files, calibration_kit=result.calibration_kit, programme=result)
 
 
 def _link_or_copy(source, destination):
@@ -361,32 +345,37 @@ def _link_or_copy(source, destination):
         shutil.copy2(source, destination)
 
 
-def _exposure_truth(exposure, item, path, root):
-    entry = {"file": str(path.relative_to(root)), "kind": exposure.kind, "date_obs": exposure.date_obs,
-             "mjd_obs": exposure.mjd, "exptime": exposure.exptime, "ra_header": exposure.ra,
-             "dec_header": exposure.dec}
-    if exposure.kind in ("OBJECT", "SKY", "STD"):
-        _, airmass, _, _ = horizontal(exposure.ra, exposure.dec, exposure.mjd + exposure.exptime / 172800.0)
-        entry.update({"seeing_fwhm_arcsec": item.get("seeing"), "transparency": item.get("transparency"),
-                      "airmass_mid": airmass})
-    if exposure.kind == "OBJECT":
-        entry.update({
-            "pointing": item["pointing"], "ra_true": item["true_ra"], "dec_true": item["true_dec"],
-            "dither_arcsec": {"east": item["dither_east"], "north": item["dither_north"]},
-            "pointing_error_arcsec": {"east": item["error_east"], "north": item["error_north"]},
-            "pointing_error_deg": {"ra": exposure.ra - item["true_ra"], "dec": exposure.dec - item["true_dec"]},
-            "expected_flux_scale": item["transparency"]})
-    if exposure.kind == "ARC":
-        entry["lamp"] = item["lamp"]
-    return entry
+# -- rendering -----------------------------------------------------------------------------------------------
+def _scenes(schedule):
+    """SkyScene of every target, of every night's standard star, and the empty field of the offset skies."""
+    scenes = {("OBJECT", name): SkyScene(stars=design.stars, disc=design.disc)
+              for name, design in schedule.targets.items()}
+    for star in schedule.standards:
+        scenes[("STD", star["name"])] = SkyScene(stars=[PointSource(star["ra"], star["dec"], star["vmag"],
+                                                                    star["temperature"])])
+    scenes[("SKY", None)] = SkyScene()
+    return scenes
+
+
+def _conditions(frame) -> ExposureConditions:
+    exposure, item = frame.exposure, frame.item
+    return ExposureConditions(ra=item.get("true_ra", exposure.ra), dec=item.get("true_dec", exposure.dec),
+                              exptime=exposure.exptime,
+                              airmass=horizontal(exposure.ra, exposure.dec,
+                                                 exposure.mjd + exposure.exptime / 172800.0)[1],
+                              seeing=item.get("psf_fwhm", item.get("seeing", 0.8)),
+                              transparency=item.get("transparency", 1.0), raman=bool(item.get("raman")))
 
 
 class _FrameFactory:
-    """Expected-electron images, cached per kind, turned into noisy raw CCDs with per-frame seeds."""
+    """Expected electrons of one IFU's CCD, cached per kind, turned into noisy raw CCDs with per-frame seeds.
 
-    def __init__(self, model, science_scene, std_scene, sky_scene, seed):
+    One factory serves one IFU at a time; :meth:`release` drops its caches (~0.2 GB).
+    """
+
+    def __init__(self, model, scenes, seed):
         self.model = model
-        self.scenes = {"OBJECT": science_scene, "STD": std_scene, "SKY": sky_scene}
+        self.scenes = scenes
         self.seed = int(seed)
         self._cache = {}
         self._response = {}
@@ -401,44 +390,156 @@ class _FrameFactory:
             self._response[ifu] = pattern
         return self._response[ifu]
 
-    def electrons(self, exposure, item, ifu):
-        kind = exposure.kind
+    def electrons(self, frame, ifu):
+        kind = frame.exposure.kind
+        item = frame.item
+        notch = item.get("notch")
         model, response = self.model, self.response(ifu)
         if kind == "BIAS":
             return None
         if kind in ("FLAT", "ILLUM"):
-            key = ("FLAT", ifu)
+            key = ("FLAT", ifu, notch)
             if key not in self._cache:
-                self._cache[key] = render.lamp_flat(model, ifu, response=response)
+                self._cache[key] = render.lamp_flat(model, ifu, response=response, notch=notch)
             scale = 1.0 if kind == "FLAT" else 0.5
             return self._cache[key] * np.float32(scale) if scale != 1.0 else self._cache[key]
         if kind == "ARC":
-            return render.arc(model, ifu, item["lamp"], response=response)
+            return render.arc(model, ifu, item["lamp"], response=response, notch=notch)
         if kind == "SKYFLAT":
-            key = ("SKYFLAT", ifu)
+            key = ("SKYFLAT", ifu, notch)
             if key not in self._cache:
-                self._cache[key] = render.twilight_flat(model, ifu, response=response)
+                self._cache[key] = render.twilight_flat(model, ifu, response=response, notch=notch)
             return self._cache[key] * np.float32(item["level"])
-        conditions = ExposureConditions(
-            ra=item["true_ra"] if "true_ra" in item else exposure.ra,
-            dec=item["true_dec"] if "true_dec" in item else exposure.dec,
-            exptime=exposure.exptime,
-            airmass=horizontal(exposure.ra, exposure.dec, exposure.mjd + exposure.exptime / 172800.0)[1],
-            seeing=item["seeing"], transparency=item["transparency"])
-        if kind == "STD":
-            # the star is at its catalogue position; the header pointing is the telescope's
-            conditions = ExposureConditions(ra=exposure.ra, dec=exposure.dec, exptime=exposure.exptime,
-                                            airmass=conditions.airmass, seeing=conditions.seeing,
-                                            transparency=conditions.transparency)
-        return render.scene(model, ifu, self.scenes[kind], conditions, response=response)
+        if kind == "OBJECT":
+            scene = self.scenes[("OBJECT", frame.target)]
+        elif kind == "STD":
+            scene = self.scenes[("STD", item["standard"])]
+        else:
+            scene = self.scenes[("SKY", None)]
+        return render.scene(model, ifu, scene, _conditions(frame), response=response, notch=notch)
 
-    def raw(self, exposure, item, ifu, index):
-        rng = np.random.default_rng([self.seed, index, ifu])
-        return electrons_to_raw(self.electrons(exposure, item, ifu), self.model.detector, rng)
+    def raw(self, frame, ifu):
+        rng = np.random.default_rng([self.seed, frame.key, ifu])
+        return electrons_to_raw(self.electrons(frame, ifu), self.model.detector, rng)
 
     def release(self):
         self._cache.clear()
         self._response.clear()
+
+
+# -- truth ---------------------------------------------------------------------------------------------------
+def _truth_of_stars(stars):
+    wavelength = np.arange(4600.0, 9400.0, 1.0)
+    out = []
+    for star in stars:
+        spectrum = star.spectrum(wavelength)
+        fluxes = {name: spectra.filter_average(name, wavelength, spectrum) for name in spectra.FILTERS}
+        white = wavelength[(wavelength >= 4750) & (wavelength <= 9350)]
+        fluxes["white"] = float(np.mean(star.spectrum(white)))
+        out.append({"ra": star.ra, "dec": star.dec, "vmag": star.vmag, "temperature": star.temperature,
+                    "flux": fluxes})
+    return out
+
+
+def _lines_in_cube_units(lines, airmass):
+    """Injected emission lines as a flux-calibrated, extinction-corrected cube shows them per 0.2" spaxel,
+    integrated over the line [1e-20 erg/s/cm2 per spaxel]: the pipeline corrects every pixel for extinction,
+    also the sky light that was emitted above no air mass at all."""
+    return {name: float(flux * CUBE_SPAXEL_AREA * 10 ** (0.4 * float(spectra.extinction(wavelength)) * airmass))
+            for name, _, wavelength, flux in lines}
+
+
+def _exposure_truth(root, frame, path, programme, schedule, design, model):
+    exposure, item = frame.exposure, frame.item
+    night = programme.nights[frame.night]
+    files = [str((root / d / path.name).relative_to(root)) for d in frame.raw_dirs]
+    mine = [f for f in files if f.startswith(f"{design.name}/")]
+    entry = {"file": (mine or files)[0], "files": files, "kind": exposure.kind, "date_obs": exposure.date_obs,
+             "mjd_obs": exposure.mjd, "exptime": exposure.exptime, "ra_header": exposure.ra,
+             "dec_header": exposure.dec, "night": frame.night, "night_date": night.date, "mode": exposure.mode,
+             "template": {"tpl_start": exposure.tpl_start, "obs_id": exposure.obs_id,
+                          "tpl_nexp": exposure.tpl_nexp, "tpl_expno": exposure.tpl_expno},
+             "notch_angstrom": list(NAD_NOTCH[item["notch"]]) if item.get("notch") in NAD_NOTCH else None,
+             "raman": bool(item.get("raman"))}
+    if exposure.kind in ("OBJECT", "SKY", "STD"):
+        _, airmass, _, _ = horizontal(exposure.ra, exposure.dec, exposure.mjd + exposure.exptime / 172800.0)
+        entry.update({"seeing_fwhm_arcsec": item.get("seeing"), "psf_fwhm_arcsec": item.get("psf_fwhm"),
+                      "transparency": item.get("transparency"), "airmass_mid": airmass,
+                      "sky_line_flux_cube": _lines_in_cube_units(spectra.SKY_LINES, airmass)})
+        if item.get("raman"):
+            entry["raman_line_flux_cube"] = _lines_in_cube_units(spectra.raman_lines(), airmass)
+    if frame.block is not None:
+        entry.update({"target": frame.target, "pointing": frame.pointing, "block": frame.block,
+                      "offset_sky": bool(programme.targets[design.index].blocks[frame.block].offset_sky)})
+    if exposure.kind == "OBJECT":
+        entry.update({
+            "ra_true": item["true_ra"], "dec_true": item["true_dec"],
+            "dither_arcsec": {"east": item["dither_east"], "north": item["dither_north"]},
+            "pointing_error_arcsec": {"east": item["error_east"], "north": item["error_north"]},
+            "ob_pointing_error_arcsec": {"east": item["ob_error_east"], "north": item["ob_error_north"]},
+            "pointing_error_deg": {"ra": exposure.ra - item["true_ra"], "dec": exposure.dec - item["true_dec"]},
+            "expected_flux_scale": item["transparency"], "alignment_anchor": item["alignment_anchor"]})
+        ratio = source_to_sky_ratio(model, SkyScene(stars=design.stars, disc=design.disc), _conditions(frame))
+        entry["sky_fraction"] = {"sky_dominated": float(np.mean(ratio < SKY_DOMINATED)),
+                                 "clean": float(np.mean(ratio < CLEAN_SKY))}
+    if exposure.kind == "STD":
+        entry["standard_star"] = item["standard"]
+    if exposure.kind == "ARC":
+        entry["lamp"] = item["lamp"]
+    return entry
+
+
+def _target_truth(root, programme, schedule, model, target, design, paths, written, reference):
+    nights = sorted({f.night for f in schedule.frames if f.target == target.name})
+    entries = []
+    for frame, path, write in zip(schedule.frames, paths, written):
+        mine = frame.target == target.name
+        night_calibration = frame.target is None and frame.night in nights
+        if mine or night_calibration:
+            entries.append(_exposure_truth(root, frame, path, programme, schedule, design, model))
+            entries[-1]["written"] = bool(write)
+    standards = [s for s in schedule.standards if s["night"] in nights]
+    disc = design.disc
+    disc_truth = None
+    if disc is not None:
+        disc_truth = {
+            "kind": design.disc_kind, "ra": disc.ra, "dec": disc.dec, "position_angle": disc.position_angle,
+            "inclination": disc.inclination, "scale_length_arcsec": disc.scale_length,
+            "continuum_central": disc.continuum, "velocity_kms": disc.velocity, "rotation_kms": disc.rotation,
+            "turnover_arcsec": disc.turnover, "dispersion_kms": disc.dispersion,
+            "velocity_frame": "topocentric (the pipeline's barycentric correction is not applied to the truth)",
+            "line_central_flux": {name: disc.halpha * ratio for name, (_, ratio) in DISC_LINES.items()},
+            "line_rest_wavelength": {name: rest for name, (rest, _) in DISC_LINES.items()}}
+    ao = any(programme.nights[n].mode in AO_MODES for n in nights)
+    return {
+        "target": target.name, "seed": programme.seed, "ifus": list(programme.ifus),
+        "night": programme.nights[nights[0]].date,
+        "nights": [{"index": n, "date": programme.nights[n].date, "mode": programme.nights[n].mode,
+                    "seeing_median": schedule.night_conditions[n]["seeing"],
+                    "transparency_median": schedule.night_conditions[n]["transparency"],
+                    "calibrations": programme.nights[n].calibrations, "standard": programme.nights[n].standard}
+                   for n in nights],
+        "calibration_raw": programme.calibration_raw, "compressed": programme.compress,
+        "header_only": programme.header_only,
+        "units": {"flux": "1e-20 erg/s/cm2/A (point sources: total; disc: per spaxel)",
+                  "positions": "deg (ICRS/J2000)",
+                  "sky_lines": "injected: 1e-20 erg/s/cm2/arcsec2; *_flux_cube: 1e-20 erg/s/cm2 per 0.2x0.2 "
+                               "arcsec spaxel, integrated over the line, extinction-corrected at the "
+                               "exposure's airmass (what a flux-calibrated cube shows)"},
+        "field_centre": {"ra": design.field_ra, "dec": design.field_dec},
+        "pointings": {f"P{p:02d}": {"ra": ra, "dec": dec} for p, (ra, dec) in design.pointing_centres.items()},
+        "point_sources": _truth_of_stars(design.stars),
+        "star_overlaps": {"minimum_required": 10, "pairs": design.overlap_counts},
+        "disc": disc_truth,
+        "standard_star": standards[0] if standards else None,
+        "standard_stars": standards,
+        "sky_lines": [{"name": n, "group": g, "lambda": w, "flux": f} for n, g, w, f in spectra.SKY_LINES],
+        "raman_lines": ([{"name": n, "group": g, "lambda": w, "flux": f} for n, g, w, f in spectra.raman_lines()]
+                        if ao else []),
+        "reference_image": reference,
+        "exposures": entries,
+        "instrument": model.truth(),
+    }
 
 
 def data_checksums(raw_files) -> dict:
@@ -451,3 +552,7 @@ def data_checksums(raw_files) -> dict:
                 digest.update(np.ascontiguousarray(hdu.data).tobytes())
         out[Path(path).name] = digest.hexdigest()
     return out
+
+
+__all__ = ["simulate_programme", "simulate_run", "SimulatedProgramme", "SimulatedRun", "SimulationError",
+           "data_checksums"]

@@ -112,6 +112,9 @@ class ExposureConditions:
         FWHM of the (Gaussian) PSF [arcsec].
     transparency : float
         Fraction of the source light that passes the clouds (expected flux scale).
+    raman : bool
+        The laser guide stars are on: laser light Raman-scattered by the air adds the RAMAN_LINES lines
+        (emitted in the atmosphere, like the night sky: not extincted).
     """
 
     ra: float
@@ -120,6 +123,7 @@ class ExposureConditions:
     airmass: float
     seeing: float
     transparency: float = 1.0
+    raman: bool = False
 
 
 @dataclass
@@ -218,7 +222,8 @@ class SkyScene:
             box += (spectra.sky_continuum(centre_wavelength)[:, None] * pixel_area_arcsec2
                     * per_flux).astype(np.float32)
             ncol = maps.columns.size
-            for _, _, centre, flux in spectra.SKY_LINES:
+            emission = list(spectra.SKY_LINES) + (list(spectra.raman_lines()) if exposure.raman else [])
+            for _, _, centre, flux in emission:
                 conv = spectra.electrons_per_flux_unit(centre, exposure.exptime, 1.0)
                 lines_w.append(np.full(ncol, centre))
                 lines_a.append(np.full(ncol, flux * pixel_area_arcsec2 * conv))
@@ -227,3 +232,43 @@ class SkyScene:
             add_lines(box, model, ifu, k, maps.columns, np.array(lines_w), np.array(lines_a),
                       np.array(lines_s))
         return box
+
+
+def source_to_sky_ratio(model, sky_scene: SkyScene, exposure: ExposureConditions):
+    """Per spaxel of the simulated strips: white-light (4750-9350 A) source flux over night-sky flux.
+
+    Sources are the stars (Gaussian PSF of the exposure, at spaxel centres) and the disc continuum, dimmed by
+    extinction at 6500 A and transparency, as the exposure records them; the sky is the continuum. Used to
+    tell how much of a field is empty enough to measure the sky on (the darkest spaxels muse_scipost's
+    ``--skymethod=model`` and muse_create_sky use).
+
+    Returns
+    -------
+    ndarray
+        One ratio per spaxel (48 slices x ``slice_length`` spaxels per simulated IFU).
+    """
+    length = int(round(model.slice_length))
+    along = np.arange(length) - (length - 1) / 2.0
+    xs, ys = [], []
+    for ifu in model.ifus:
+        for k in range(48):
+            x, y, _ = model.slice_focal_position(ifu, k)
+            xs.append(x + along)
+            ys.append(np.full(length, y))
+    east, north = SkyScene.focal_to_offsets(model, np.concatenate(xs), np.concatenate(ys))
+    white = np.arange(4750.0, 9350.0, 5.0)
+    spaxel_area = model.spaxel_scale ** 2
+    dimming = exposure.transparency * 10 ** (-0.4 * float(spectra.extinction(6500.0)) * exposure.airmass)
+    source = np.zeros(east.size)
+    sigma = exposure.seeing / 2.3548
+    for star in sky_scene.stars:
+        s_east, s_north = SkyScene.tangent_offsets(star.ra, star.dec, exposure.ra, exposure.dec)
+        r2 = (east - s_east) ** 2 + (north - s_north) ** 2
+        source += float(np.mean(star.spectrum(white))) * spaxel_area / (2 * np.pi * sigma ** 2) \
+            * np.exp(-0.5 * r2 / sigma ** 2)
+    if sky_scene.disc is not None:
+        d_east, d_north = SkyScene.tangent_offsets(sky_scene.disc.ra, sky_scene.disc.dec, exposure.ra, exposure.dec)
+        profile, _ = sky_scene.disc.surface_and_velocity(east - d_east, north - d_north)
+        source += sky_scene.disc.continuum * profile
+    sky = float(np.mean(spectra.sky_continuum(white))) * spaxel_area
+    return source * dimming / sky

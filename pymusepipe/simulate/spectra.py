@@ -7,7 +7,11 @@ Wavelengths are in air [Angstrom]. Physical content is approximate (public-knowl
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+
+from ..instrument import NAD_NOTCH, RAMAN_BANDS, SODIUM_LASER_WAVELENGTH
 
 # -- arc lamps ----------------------------------------------------------------------------------------
 # (air wavelength, relative strength, ion, quality); quality 5 = FWHM reference, 3 = good line.
@@ -92,6 +96,68 @@ SKY_LINES = (
     ("OH7-3_9001", 7, 9001.115, 4000.0),
     ("OH7-3_9037", 7, 9037.952, 3500.0),
 )
+
+
+# -- adaptive optics: the NaD notch filter and laser-induced Raman lines ----------------------------------
+#: Width [A] over which the notch filter's transmission rises from 0 to 1 outside the range the pipeline flags.
+NOTCH_EDGE = 5.0
+
+
+def notch_transmission(wavelength, mode: str):
+    """Transmission (0..1) of the NaD notch filter of ``mode`` (1 everywhere for modes without one).
+
+    Zero inside the range the pipeline flags (:data:`pymusepipe.instrument.NAD_NOTCH`), rising to 1 over
+    :data:`NOTCH_EDGE` Angstrom outside it (a cosine taper): no light where muse_scibasic marks the NaD region,
+    and the edges are as smooth as a real interference filter's, so the flat field corrects them.
+    """
+    wavelength = np.asarray(wavelength, dtype=float)
+    if mode not in NAD_NOTCH:
+        return np.ones_like(wavelength)
+    low, high = NAD_NOTCH[mode]
+    distance = np.maximum(low - wavelength, wavelength - high)       # > 0 outside the range
+    ramp = np.clip(distance / NOTCH_EDGE, 0.0, 1.0)
+    return np.where(distance <= 0.0, 0.0, 0.5 - 0.5 * np.cos(np.pi * ramp))
+
+
+#: Rotational constants B [cm-1] of the Raman-scattering molecules, their vibrational Raman shift [cm-1], and
+#: the rotational levels J that make lines (16O2 has only odd J; N2 has all, even J twice as populated).
+_RAMAN_MOLECULES = {"O2": (1.4377, 1556.0, (1, 3, 5, 7)), "N2": (1.9896, 2330.7, (0, 1, 2, 3, 4, 5, 6))}
+#: Total flux of each Raman band [1e-20 erg/s/cm2/arcsec2] (comparable to the OH lines next to them).
+RAMAN_BAND_FLUX = {"O2": 900.0, "N2": 1500.0}
+#: Half-width [A] of muse_scipost's Raman fit window (--raman_width=20): lines are kept inside it.
+RAMAN_HALF_WINDOW = 9.5
+
+
+@lru_cache(maxsize=1)
+def raman_lines():
+    """Laser-induced Raman lines of O2 and N2: ``(name, group, air wavelength [A], flux)`` per line.
+
+    Each band is a strong Q branch at the vibrational shift of the laser line plus the O- and S-branch
+    rotational lines (shifts ``-(4J-2)B`` and ``+(4J+6)B``) that fall inside muse_scipost's 20 A fit window,
+    weighted by a 250 K Boltzmann population. Group 0 is O2, group 1 N2 (the order muse_scipost fits them in).
+    Flux unit as SKY_LINES: 1e-20 erg/s/cm2/arcsec2. The same list is injected into the AO frames and written
+    as RAMAN_LINES.
+    """
+    laser = 1e8 / SODIUM_LASER_WAVELENGTH                          # wavenumber [cm-1]
+    lines = []
+    for group, (molecule, (rot_b, shift, levels)) in enumerate(_RAMAN_MOLECULES.items()):
+        centre = RAMAN_BANDS[molecule]
+        # place the Q branch where the pipeline expects the band; the rotational lines relative to it
+        scale = centre / (1e8 / (laser - shift))
+        entries = [(f"{molecule}_Q", 1e8 / (laser - shift), 1.0)]
+        for j in levels:
+            weight = (2 if molecule == "N2" and j % 2 == 0 else 1) * (2 * j + 1) \
+                * np.exp(-rot_b * j * (j + 1) * 1.4388 / 250.0)
+            for branch, delta in (("S", (4 * j + 6) * rot_b), ("O", -(4 * j - 2) * rot_b)):
+                if branch == "O" and j < 2:
+                    continue
+                entries.append((f"{molecule}_{branch}{j}", 1e8 / (laser - shift - delta), 0.05 * weight))
+        inside = [(n, w * scale, f) for n, w, f in entries if abs(w * scale - centre) <= RAMAN_HALF_WINDOW]
+        total = sum(f for _, _, f in inside)
+        for name, wavelength, f in sorted(inside, key=lambda e: e[1]):
+            lines.append((name, group, round(float(wavelength), 3),
+                          float(RAMAN_BAND_FLUX[molecule] * f / total)))
+    return tuple(lines)
 
 
 def sky_continuum(wavelength):
