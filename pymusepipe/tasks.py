@@ -117,8 +117,9 @@ def align_to_reference(output, images, reference=None, filter_name=None, filter_
         note = (f"no reference image: {len(images)} exposure(s) aligned to the first one, flux scaled to the "
                 "most transparent exposure")
     else:
-        table = align_images(images, reference, filter_name=filter_name, filter_list=filter_list,
-                             figure_folder=figure_folder)
+        # The reference band's pivot comes from its published curve (the alignment module's table), not from
+        # MUSE's FILTER_LIST, whose curves are only close to the survey filters of the same name.
+        table = align_images(images, reference, filter_name=filter_name, figure_folder=figure_folder)
         note = f"{len(images)} exposure(s) aligned to {Path(reference).name} (offsets and flux scales)"
     flagged = [Path(name).name for name, quality in zip(table["filename"], table["quality"]) if quality]
     output = Path(output)

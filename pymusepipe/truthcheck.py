@@ -16,7 +16,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.optimize import least_squares
 
-__all__ = ["measure_point_sources", "measure_line_velocity", "SPEED_OF_LIGHT_KMS"]
+__all__ = ["measure_point_sources", "measure_line_velocity", "sky_line_residuals", "SPEED_OF_LIGHT_KMS"]
 
 SPEED_OF_LIGHT_KMS = 299792.458
 
@@ -139,3 +139,75 @@ def measure_line_velocity(cube_path, ra, dec, rest_wavelength, guess_kms, *, rad
     signal = np.clip(spectrum[line] - continuum, 0, None)
     centroid = float(np.nansum(signal * wavelength[line]) / np.nansum(signal))
     return SPEED_OF_LIGHT_KMS * (centroid / rest_wavelength - 1)
+
+
+def sky_line_residuals(cube_path, truth, *, star_radius_arcsec=2.0, disc_radius_scale=4.0, half_width=6.0,
+                       min_coverage=0.9):
+    """Sky left at the night-sky lines in the star-free spaxels of a sky-subtracted cube, against what was
+    injected.
+
+    The spectrum is the mean over spaxels farther than ``star_radius_arcsec`` (or three seeing FWHM) from every
+    true point source and outside ``disc_radius_scale`` scale lengths of the disc, that have data in at least
+    ``min_coverage`` of the planes. For every line (lines closer than ``2 half_width`` are measured together) the
+    residual is the integral over ``+-half_width`` Angstrom of the spectrum minus a linear continuum through the
+    side bands, against the injected flux per spaxel (``sky_line_flux_cube`` of the truth, averaged over the
+    OBJECT exposures: the cube combines them).
+
+    Returns
+    -------
+    astropy.table.Table
+        ``name`` (the lines measured together), ``wavelength``, ``injected`` and ``residual`` [1e-20 erg/s/cm2 per
+        spaxel], ``spaxels`` used.
+    """
+    exposures = [entry for entry in truth["exposures"] if entry["kind"] == "OBJECT"]
+    seeing = max(entry.get("seeing_fwhm_arcsec") or 0.8 for entry in exposures)
+    radius = max(star_radius_arcsec, 3.0 * seeing)
+    with fits.open(cube_path) as hdul:
+        hdu = hdul["DATA"]
+        wcs = WCS(hdu.header)
+        cube = np.asarray(hdu.data, dtype=float)
+        spectral = wcs.spectral
+        wavelength = np.asarray(spectral.pixel_to_world_values(np.arange(cube.shape[0])), dtype=float)
+        if str(spectral.world_axis_units[0]) == "m":
+            wavelength = wavelength * 1e10
+    celestial = wcs.celestial
+    ny, nx = cube.shape[1:]
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    ra, dec = celestial.pixel_to_world_values(xx, yy)
+    cos_dec = math.cos(math.radians(float(np.nanmean(dec))))
+    free = np.isfinite(cube).mean(axis=0) >= min_coverage
+    for source in truth["point_sources"]:
+        distance = np.hypot((ra - source["ra"]) * cos_dec, dec - source["dec"]) * 3600.0
+        free &= distance > radius
+    disc = truth.get("disc")
+    if disc:
+        distance = np.hypot((ra - disc["ra"]) * cos_dec, dec - disc["dec"]) * 3600.0
+        free &= distance > disc_radius_scale * disc["scale_length_arcsec"]
+    if not free.any():
+        raise ValueError(f"{cube_path}: no star-free spaxel with data")
+    spectrum = np.nanmean(cube[:, free], axis=1)
+    step = float(np.median(np.diff(wavelength)))
+    lines = sorted(truth["sky_lines"], key=lambda line: line["lambda"])
+    clusters = []
+    for line in lines:
+        if clusters and line["lambda"] - clusters[-1][-1]["lambda"] < 2 * half_width:
+            clusters[-1].append(line)
+        else:
+            clusters.append([line])
+    rows = []
+    for cluster in clusters:
+        low, high = cluster[0]["lambda"] - half_width, cluster[-1]["lambda"] + half_width
+        inside = (wavelength >= low) & (wavelength <= high)
+        sides = ((wavelength >= low - half_width) & (wavelength < low)) | \
+                ((wavelength > high) & (wavelength <= high + half_width))
+        good_sides = sides & np.isfinite(spectrum)
+        if not inside.any() or good_sides.sum() < 3 or not np.isfinite(spectrum[inside]).all():
+            continue
+        slope, intercept = np.polyfit(wavelength[good_sides], spectrum[good_sides], 1)
+        residual = float(np.sum(spectrum[inside] - (slope * wavelength[inside] + intercept)) * step)
+        injected = float(sum(np.mean([entry["sky_line_flux_cube"][line["name"]] for entry in exposures])
+                             for line in cluster))
+        rows.append(("+".join(line["name"] for line in cluster), float(np.mean([l["lambda"] for l in cluster])),
+                     injected, residual, int(free.sum())))
+    return Table(rows=rows or None, names=("name", "wavelength", "injected", "residual", "spaxels"),
+                 dtype=(str, float, float, float, int))
