@@ -17,6 +17,7 @@ from astropy.io import fits
 from pymusepipe.config import read_calib_file
 from pymusepipe.demo import DEMO_FILTER, compare_with_truth, final_products
 from pymusepipe.musepipe import STEPS, MusePipe, StepFailedError
+from pymusepipe.truthcheck import predicted_rv_corrections
 
 pytestmark = pytest.mark.esorex
 
@@ -48,6 +49,11 @@ def reduced(simulated, fake_pipe):
     pipe = _pipe(simulated, logfile="real.log", reset_log=True)
     pipe.run_all_recipes()
     return pipe
+
+
+@pytest.fixture(scope="module")
+def comparison(reduced, simulated):
+    return compare_with_truth(reduced, simulated.truth)
 
 
 def _esorex_commands(log_path, root):
@@ -102,15 +108,34 @@ def test_exp_align_offsets_accepted_and_match_pointing_errors(reduced, simulated
         assert abs(row["DEC_OFFSET"] - expected_dec) * 3600 < 0.05
 
 
-def test_combined_cube_sources_at_true_positions_and_fluxes(reduced, simulated):
-    result = compare_with_truth(reduced, simulated.truth)
-    stars = result["stars"]
+def test_combined_cube_sources_at_true_positions_and_fluxes(comparison):
+    result = comparison
+    stars, offsets = result["stars"], result["offsets"]
     assert len(stars) >= 5, f"only {len(stars)} point sources measurable in {result['image']}"
-    assert np.max(stars["offset"]) < 0.1, stars
+    # Positions: muse_scipost / muse_exp_combine resample the one-IFU strip (slices 1+1/24 spaxel apart) onto
+    # a 0.2" grid anchored on its lowest slice, which moves every star south by a few hundredths of an arcsec;
+    # float32 RA limits anchor the columns to within 0.025" (docs/simulator.md). About that common shift
+    # the stars sit within 0.02" of the truth.
+    assert offsets["scatter_max"] < 0.02, stars
+    assert -0.05 < offsets["shift_dec"] < 0.005 and abs(offsets["shift_ra"]) < 0.026, offsets
     # No FLUX_SCALE in muse_exp_align's OFFSET_LIST: the combined flux is the truth times the mean transparency.
-    transparency = np.mean([e["transparency"] for e in simulated.truth["exposures"] if e["kind"] == "OBJECT"])
-    assert np.all(np.abs(stars["flux_ratio"] / transparency - 1) < 0.05), stars["flux_ratio"]
-    assert abs(result["velocity"] - result["velocity_true"]) < 40.0
+    assert np.all(np.abs(stars["flux_ratio"] - 1) < 0.05), stars["flux_ratio"]
+
+
+def test_barycentric_correction_and_velocity_field(comparison, simulated):
+    result = comparison
+    predicted, applied = result["rv_predicted"], result["rv_applied"]
+    assert set(applied) == set(predicted)
+    as_pipeline = predicted_rv_corrections(simulated.truth, fits.getheader(result["cube"]), as_pipeline=True)
+    for date_obs, value in applied.items():
+        # MUSE 2.8.7 mirrors the site longitude (truthcheck.predicted_rv_corrections): exact to 10 m/s that
+        # way, and within the diurnal term (< 0.85 km/s) of the physical correction
+        assert value == pytest.approx(as_pipeline[date_obs], abs=0.01)
+        assert abs(value - predicted[date_obs]) < 0.85
+    velocity = result["velocity"]
+    assert velocity is not None and velocity["n"] >= 20, result["velocity_field"]
+    assert velocity["model_max"] - velocity["model_min"] > 50          # the field spans the rotation
+    assert velocity["median_abs_error"] <= 3.0, result["velocity_field"]
 
 
 def test_replaying_the_log_from_fresh_raw_data_reproduces_the_cube(reduced, simulated, tmp_path):
