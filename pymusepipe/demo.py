@@ -71,8 +71,9 @@ def compare_with_truth(pipe, truth) -> dict:
         against the truth times ``transparency``) and ``offsets`` (their
         :func:`~pymusepipe.truthcheck.summarize_offsets`); ``transparency`` (exposure-time weighted mean:
         without FLUX_SCALE in the OFFSET_LIST the combined flux is the truth times it); ``rv_predicted``
-        (DATE-OBS -> barycentric correction from astropy), ``rv_applied`` (DATE-OBS -> the RVCORR keyword
-        muse_scipost wrote), ``rv_correction`` (exposure-time weighted mean of the prediction, the frame of
+        (DATE-OBS -> barycentric correction from astropy), ``rv_predicted_as_pipeline`` (the same for the
+        mirrored longitude MUSE 2.8.7 uses), ``rv_applied`` (DATE-OBS -> the RVCORR keyword muse_scipost
+        wrote), ``rv_correction`` (exposure-time weighted mean of the prediction, the frame of
         the model); ``velocity_field`` (:func:`~pymusepipe.truthcheck.measure_velocity_field`) and
         ``velocity`` (its :func:`~pymusepipe.truthcheck.summarize_velocity_field`).
     """
@@ -88,13 +89,16 @@ def compare_with_truth(pipe, truth) -> dict:
     transparency = float(np.average([e["transparency"] for e in objects], weights=weights))
     stars = measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency)
     offsets = summarize_offsets(stars) if len(stars) else None
-    predicted = predicted_rv_corrections(truth, fits.getheader(cube))
+    header = fits.getheader(cube)
+    predicted = predicted_rv_corrections(truth, header)
+    as_pipeline = predicted_rv_corrections(truth, header, as_pipeline=True)
     applied = applied_rv_corrections(sorted(pipe.layout.folder("object").glob("PIXTABLE_REDUCED_*.fits")))
     rv_correction = float(np.average([predicted[e["date_obs"]] for e in objects], weights=weights))
     field = measure_velocity_field(cube, truth, rv_correction_kms=rv_correction)
     velocity = summarize_velocity_field(field) if len(field) else None
     return {"image": image, "cube": cube, "stars": stars, "offsets": offsets, "transparency": transparency,
-            "rv_predicted": predicted, "rv_applied": applied, "rv_correction": rv_correction,
+            "rv_predicted": predicted, "rv_predicted_as_pipeline": as_pipeline, "rv_applied": applied,
+            "rv_correction": rv_correction,
             "velocity_field": field, "velocity": velocity}
 
 
@@ -117,7 +121,9 @@ def report(result) -> str:
     predicted, applied = result["rv_predicted"], result["rv_applied"]
     for date_obs, value in predicted.items():
         keyword = f"{applied[date_obs]:+.3f} km/s" if date_obs in applied else "not found"
-        lines.append(f"Barycentric correction {date_obs}: astropy {value:+.3f} km/s, pipeline RVCORR {keyword}")
+        lines.append(f"Barycentric correction {date_obs}: astropy {value:+.3f} km/s "
+                     f"({result['rv_predicted_as_pipeline'][date_obs]:+.3f} for MUSE 2.8.7's mirrored longitude), "
+                     f"pipeline RVCORR {keyword}")
     velocity = result["velocity"]
     if velocity:
         lines.append(f"H-alpha velocity field: {velocity['n']} apertures, model "

@@ -340,8 +340,8 @@ def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxe
                            lines=HALPHA_COMPLEX, subsample=5):
     """H-alpha velocity field of the truth's disc in a cube, aperture by aperture, with its model.
 
-    The cube is cut into square apertures of ``bin_spaxels`` x ``bin_spaxels`` spaxels (a grid anchored on
-    the spaxel nearest the disc centre); each aperture's summed spectrum is fitted with Gaussians of one
+    The cube is cut into apertures of ``bin_spaxels`` spaxels (a grid anchored on the spaxel nearest the
+    disc centre); each aperture's summed spectrum is fitted with Gaussians of one
     velocity and one width at ``lines`` plus a linear continuum. Apertures whose first line is detected
     below ``min_snr`` are left out.
 
@@ -358,8 +358,9 @@ def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxe
     rv_correction_kms : float
         The correction the pipeline applied (0 for a cube reduced with ``--rvcorr=none``); for a combined
         cube, the exposure-time weighted mean over its exposures.
-    bin_spaxels : int
-        Aperture side [spaxels].
+    bin_spaxels : int or (int, int)
+        Aperture side, or (width in x, height in y) [spaxels]; e.g. ``(3, 13)`` for 0.6" wide apertures
+        through a whole one-IFU strip.
     min_snr : float
         Minimum signal-to-noise ratio of the first line's flux.
     lines : sequence of str
@@ -387,22 +388,30 @@ def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxe
     scale = float(np.mean(np.abs(proj_plane_pixel_scales(celestial))) * 3600.0)
     ny, nx = data.shape[1:]
     x_centre, y_centre = (float(v) for v in celestial.world_to_pixel_values(disc["ra"], disc["dec"]))
-    half = bin_spaxels // 2
-    first_x = int(round(x_centre)) % bin_spaxels - bin_spaxels      # aperture centres on round(centre) + k bin
-    first_y = int(round(y_centre)) % bin_spaxels - bin_spaxels
+    # the wavelengths the lines can reach (rotation, correction, 20 A of continuum either side)
+    reach = (abs(disc["rotation_kms"]) + abs(rv_correction_kms) + 300.0) / SPEED_OF_LIGHT_KMS
+    shift = 1.0 + disc["velocity_kms"] / SPEED_OF_LIGHT_KMS
+    window = ((wavelength > min(rest) * shift * (1 - reach) - 20.0)
+              & (wavelength < max(rest) * shift * (1 + reach) + 20.0))
+    bin_x, bin_y = (bin_spaxels, bin_spaxels) if np.ndim(bin_spaxels) == 0 else bin_spaxels
+    bin_x, bin_y = int(bin_x), int(bin_y)
+    half_x, half_y = bin_x // 2, bin_y // 2
+    # aperture centres on round(centre) + k bin, from one aperture before the first spaxel
+    first_x = int(round(x_centre)) % bin_x - bin_x
+    first_y = int(round(y_centre)) % bin_y - bin_y
     offsets = (np.arange(subsample) + 0.5) / subsample - 0.5
     rows = []
-    for yc in range(first_y, ny + bin_spaxels, bin_spaxels):
-        for xc in range(first_x, nx + bin_spaxels, bin_spaxels):
-            xs = np.arange(xc - half, xc - half + bin_spaxels)
-            ys = np.arange(yc - half, yc - half + bin_spaxels)
+    for yc in range(first_y, ny + bin_y, bin_y):
+        for xc in range(first_x, nx + bin_x, bin_x):
+            xs = np.arange(xc - half_x, xc - half_x + bin_x)
+            ys = np.arange(yc - half_y, yc - half_y + bin_y)
             xs, ys = xs[(xs >= 0) & (xs < nx)], ys[(ys >= 0) & (ys < ny)]
             if xs.size == 0 or ys.size == 0:
                 continue
             block = data[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].reshape(data.shape[0], -1)
             block_var = variance[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].reshape(data.shape[0], -1)
-            covered = np.isfinite(block).mean(axis=0) > 0.9      # spaxels with data over the spectrum
-            if covered.sum() < 0.5 * bin_spaxels ** 2:
+            covered = np.isfinite(block[window]).mean(axis=0) > 0.9   # spaxels with data around the lines
+            if covered.sum() < 0.5 * bin_x * min(bin_y, ny):
                 continue
             spectrum = np.sum(block[:, covered], axis=1)
             spectrum_var = np.sum(block_var[:, covered], axis=1)

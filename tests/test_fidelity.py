@@ -137,15 +137,15 @@ def _synthetic_cube(path, disc, *, correction_kms=0.0, shape=(13, 60), noise=0.0
     return path
 
 
-@pytest.mark.parametrize("correction", [0.0, -27.3])
-def test_velocity_field_recovers_a_synthetic_cube(tmp_path, correction):
+@pytest.mark.parametrize("correction, bins, n_min", [(0.0, 3, 40), (-27.3, 3, 40), (0.0, (3, 13), 15)])
+def test_velocity_field_recovers_a_synthetic_cube(tmp_path, correction, bins, n_min):
     disc = EmissionDisc(ra=RA0, dec=DEC0)
     truth = {"disc": _disc_truth(disc)}
     cube = _synthetic_cube(tmp_path / "cube.fits", disc, correction_kms=correction)
-    field = tc.measure_velocity_field(cube, truth, rv_correction_kms=correction, min_snr=20)
+    field = tc.measure_velocity_field(cube, truth, rv_correction_kms=correction, bin_spaxels=bins, min_snr=20)
     summary = tc.summarize_velocity_field(field)
-    assert summary["n"] >= 40
-    assert summary["model_max"] - summary["model_min"] > 100        # the field spans the rotation
+    assert summary["n"] >= n_min
+    assert summary["model_max"] - summary["model_min"] > 60         # the field spans the rotation
     # noise-free to ~0.3 km/s; what is left is the flux weighting inside each 3x3 aperture
     assert summary["median_abs_error"] < 0.3, field
     assert np.all(np.abs(field["v_model"] - tc.doppler_compose(field["v_model_topo"], correction)) < 1e-9)
