@@ -1,7 +1,8 @@
 """``pymusepipe demo``: simulate a MUSE run, reduce it through the real ESO recipes, compare with the truth.
 
 What it prints at the end: the point sources of the final combined image against their true positions and
-fluxes, the H-alpha velocity of the disc against the simulated one, and where the products are.
+fluxes, the barycentric correction muse_scipost applied against astropy's, the H-alpha velocity field of the
+disc against the truth, and where the products are.
 """
 from __future__ import annotations
 
@@ -61,37 +62,79 @@ def final_products(pipe):
 
 
 def compare_with_truth(pipe, truth) -> dict:
-    """Measure the final image and cube of a reduced simulated pointing against the truth."""
-    from .truthcheck import measure_line_velocity, measure_point_sources
+    """Measure the final image and cube of a reduced simulated pointing against the truth.
+
+    Returns
+    -------
+    dict
+        ``image``, ``cube`` (paths); ``stars`` (:func:`~pymusepipe.truthcheck.measure_point_sources`, fluxes
+        against the truth times ``transparency``) and ``offsets`` (their
+        :func:`~pymusepipe.truthcheck.summarize_offsets`); ``transparency`` (exposure-time weighted mean:
+        without FLUX_SCALE in the OFFSET_LIST the combined flux is the truth times it); ``rv_predicted``
+        (DATE-OBS -> barycentric correction from astropy), ``rv_predicted_as_pipeline`` (the same for the
+        mirrored longitude MUSE 2.8.7 uses), ``rv_applied`` (DATE-OBS -> the RVCORR keyword muse_scipost
+        wrote), ``rv_correction`` (exposure-time weighted mean of the prediction, the frame of
+        the model); ``velocity_field`` (:func:`~pymusepipe.truthcheck.measure_velocity_field`) and
+        ``velocity`` (its :func:`~pymusepipe.truthcheck.summarize_velocity_field`).
+    """
+    from astropy.io import fits
+
+    from .truthcheck import (applied_rv_corrections, measure_point_sources, measure_velocity_field,
+                             predicted_rv_corrections, summarize_offsets, summarize_velocity_field)
 
     image, cube = final_products(pipe)
-    seeing = np.median([e["seeing_fwhm_arcsec"] for e in truth["exposures"] if e["kind"] == "OBJECT"])
-    stars = measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=float(seeing))
-    disc = truth["disc"]
-    velocity = measure_line_velocity(cube, disc["ra"], disc["dec"], disc["line_rest_wavelength"]["Halpha"],
-                                     disc["velocity_kms"])
-    # Without FLUX_SCALE in the OFFSET_LIST the combined flux is the truth times the mean transparency.
-    transparency = float(np.mean([e["transparency"] for e in truth["exposures"] if e["kind"] == "OBJECT"]))
-    return {"image": image, "cube": cube, "stars": stars, "velocity": velocity,
-            "velocity_true": disc["velocity_kms"], "transparency": transparency}
+    objects = [e for e in truth["exposures"] if e["kind"] == "OBJECT"]
+    weights = np.array([e["exptime"] for e in objects], dtype=float)
+    seeing = float(np.median([e["seeing_fwhm_arcsec"] for e in objects]))
+    transparency = float(np.average([e["transparency"] for e in objects], weights=weights))
+    stars = measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency)
+    offsets = summarize_offsets(stars) if len(stars) else None
+    header = fits.getheader(cube)
+    predicted = predicted_rv_corrections(truth, header)
+    as_pipeline = predicted_rv_corrections(truth, header, as_pipeline=True)
+    applied = applied_rv_corrections(sorted(pipe.layout.folder("object").glob("PIXTABLE_REDUCED_*.fits")))
+    rv_correction = float(np.average([predicted[e["date_obs"]] for e in objects], weights=weights))
+    field = measure_velocity_field(cube, truth, rv_correction_kms=rv_correction)
+    velocity = summarize_velocity_field(field) if len(field) else None
+    return {"image": image, "cube": cube, "stars": stars, "offsets": offsets, "transparency": transparency,
+            "rv_predicted": predicted, "rv_predicted_as_pipeline": as_pipeline, "rv_applied": applied,
+            "rv_correction": rv_correction,
+            "velocity_field": field, "velocity": velocity}
 
 
 def report(result) -> str:
-    stars = result["stars"]
+    """The comparison of :func:`compare_with_truth` as printed by ``pymusepipe demo``."""
+    stars, offsets = result["stars"], result["offsets"]
     lines = [f"Final cube:  {result['cube']}", f"Final image: {result['image']}"]
-    if len(stars):
-        offsets = np.asarray(stars["offset"])
-        ratios = np.asarray(stars["flux_ratio"]) / result["transparency"]
-        lines.append(f"Point sources measured in the {DEMO_FILTER} image: {len(stars)}")
-        lines.append(f"  position error vs truth: median {np.median(offsets):.3f}\", max {offsets.max():.3f}\" "
-                     "(spaxel 0.2\")")
+    if offsets:
+        ratios = np.asarray(stars["flux_ratio"])
+        lines.append(f"Point sources measured in the {DEMO_FILTER} image: {offsets['n']}")
+        lines.append(f"  position error vs truth: median {offsets['median_offset']:.3f}\", "
+                     f"max {offsets['max_offset']:.3f}\" (spaxel 0.2\")")
+        lines.append(f"  common shift: {offsets['shift_ra']:+.3f}\" E, {offsets['shift_dec']:+.3f}\" N; "
+                     f"scatter about it: median {offsets['scatter_median']:.3f}\", "
+                     f"max {offsets['scatter_max']:.3f}\"")
         lines.append(f"  flux / (true flux x mean transparency {result['transparency']:.3f}): median "
                      f"{np.median(ratios):.3f}, range {ratios.min():.3f}-{ratios.max():.3f}")
     else:
         lines.append("No point source could be measured in the final image.")
-    lines.append(f"H-alpha velocity of the disc centre: {result['velocity']:.1f} km/s "
-                 f"(simulated {result['velocity_true']:.1f} km/s topocentric; the pipeline's barycentric "
-                 "correction shifts it by up to +-30 km/s)")
+    predicted, applied = result["rv_predicted"], result["rv_applied"]
+    for date_obs, value in predicted.items():
+        keyword = f"{applied[date_obs]:+.3f} km/s" if date_obs in applied else "not found"
+        lines.append(f"Barycentric correction {date_obs}: astropy {value:+.3f} km/s "
+                     f"({result['rv_predicted_as_pipeline'][date_obs]:+.3f} for MUSE 2.8.7's mirrored longitude), "
+                     f"pipeline RVCORR {keyword}")
+    velocity = result["velocity"]
+    if velocity:
+        lines.append(f"H-alpha velocity field: {velocity['n']} apertures, model "
+                     f"{velocity['model_min']:.0f}-{velocity['model_max']:.0f} km/s (truth + barycentric "
+                     f"correction {result['rv_correction']:+.2f} km/s)")
+        lines.append(f"  |measured - model|: median {velocity['median_abs_error']:.2f} km/s, max "
+                     f"{velocity['max_abs_error']:.2f} km/s; median measured - model "
+                     f"{velocity['median_error']:+.2f} km/s (formal error per aperture "
+                     f"{velocity['median_v_err']:.2f} km/s)")
+    else:
+        lines.append("No aperture of the H-alpha velocity field could be measured.")
     return "\n".join(lines)
 
 

@@ -2,8 +2,16 @@
 
 Point sources in a reconstructed image (IMAGE_FOV: ``DATA`` extension with a celestial WCS, values in
 1e-20 erg/s/cm2/A per spaxel): each is fitted with a circular Gaussian plus a constant background around its
-true position, which gives its position and total flux. Emission lines in a cube: the flux-weighted centroid
-of a line in a small aperture gives its velocity.
+true position, which gives its position and total flux. :func:`summarize_offsets` splits the position errors
+into a common shift and the scatter about it (see ``docs/simulator.md``, "Measuring a reduction against the
+truth", for why a one-IFU cube has a common shift of a few hundredths of an arcsec).
+
+Emission lines in a cube: H-alpha and the [NII] doublet are fitted together (Gaussians of one velocity and
+one width, plus a linear continuum) in apertures of a few spaxels, which gives the velocity field; the model
+velocity of each aperture is the disc of the truth, seen through the barycentric correction muse_scipost
+applies (predicted with astropy by :func:`barycentric_correction`).
+
+Velocities follow the simulator's convention: ``v = c (lambda / lambda_rest - 1)``, all wavelengths in air.
 """
 from __future__ import annotations
 
@@ -16,11 +24,16 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.optimize import least_squares
 
-__all__ = ["measure_point_sources", "measure_line_velocity", "sky_line_residuals", "SPEED_OF_LIGHT_KMS"]
+__all__ = ["measure_point_sources", "summarize_offsets", "disc_velocity_model", "barycentric_correction",
+           "predicted_rv_corrections", "applied_rv_corrections", "doppler_compose", "measure_velocity_field",
+           "summarize_velocity_field", "measure_line_velocity", "sky_line_residuals", "SPEED_OF_LIGHT_KMS"]
 
 SPEED_OF_LIGHT_KMS = 299792.458
+#: Lines fitted together for the H-alpha velocity: H-alpha and the [NII] doublet (one velocity, one width).
+HALPHA_COMPLEX = ("Halpha", "[NII]6548", "[NII]6583")
 
 
+# -- point sources ----------------------------------------------------------------------------------------
 def _gaussian_model(params, y, x):
     amplitude, x0, y0, sigma, background = params
     return amplitude * np.exp(-0.5 * ((x - x0) ** 2 + (y - y0) ** 2) / sigma ** 2) + background
@@ -50,7 +63,8 @@ def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
     return x_fit, y_fit, sigma, 2 * math.pi * amplitude * sigma ** 2
 
 
-def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, min_flux_fraction=0.0):
+def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, min_flux_fraction=0.0,
+                          transparency=1.0):
     """Fit every true point source that lies fully inside the image.
 
     Parameters
@@ -65,12 +79,17 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         First guess of the PSF FWHM.
     min_flux_fraction : float
         Skip sources fainter than this fraction of the brightest (they are noise-dominated).
+    transparency : float
+        Flux scale the image should have with respect to the truth: the (exposure-time weighted) mean
+        transparency of the combined exposures when the OFFSET_LIST carries no FLUX_SCALE, 1 otherwise.
 
     Returns
     -------
     astropy.table.Table
-        One row per measured source: true and measured RA/Dec, offsets in arcsec (``d_ra`` is along the
-        sky, i.e. multiplied by cos(dec)), true and measured flux and their ratio.
+        One row per measured source: true and measured RA/Dec [deg], offsets [arcsec] (``d_ra`` is along
+        the sky, i.e. multiplied by cos(dec), positive eastwards; ``d_dec`` positive northwards), their
+        modulus ``offset``, the fitted FWHM [arcsec], the true flux, the expected flux (true flux times
+        ``transparency``), the measured flux and ``flux_ratio`` = measured / expected.
     """
     with fits.open(image_path) as hdul:
         hdu = hdul["DATA"] if "DATA" in hdul else hdul[0]
@@ -94,51 +113,403 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         ra, dec = wcs.pixel_to_world_values(x_fit, y_fit)
         d_ra = (float(ra) - source["ra"]) * 3600.0 * math.cos(math.radians(source["dec"]))
         d_dec = (float(dec) - source["dec"]) * 3600.0
+        expected = true_flux * transparency
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
-                     math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, flux, flux / true_flux))
+                     math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux,
+                     flux / expected))
     return Table(rows=rows or None,
                  names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",
-                        "flux_true", "flux", "flux_ratio"),
-                 dtype=(int, float, float, float, float, float, float, float, float, float, float, float))
+                        "flux_true", "flux_expected", "flux", "flux_ratio"),
+                 dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
+                        float))
 
 
-def measure_line_velocity(cube_path, ra, dec, rest_wavelength, guess_kms, *, radius_arcsec=1.0,
-                          window_kms=600.0):
-    """Velocity [km/s] of an emission line in an aperture of a cube, from its continuum-subtracted centroid.
+def summarize_offsets(stars) -> dict:
+    """Split the position errors of :func:`measure_point_sources` into a common shift and a scatter.
+
+    Parameters
+    ----------
+    stars : astropy.table.Table
+        Output of :func:`measure_point_sources` (at least one row).
+
+    Returns
+    -------
+    dict
+        ``n``; ``median_offset`` and ``max_offset`` [arcsec] (distance to the truth); ``shift_ra``,
+        ``shift_dec`` [arcsec] (medians of ``d_ra`` and ``d_dec``: the common shift), ``shift`` (its
+        modulus) and ``shift_pa`` [deg] (its direction, east of north); ``scatter_median`` and
+        ``scatter_max`` [arcsec]: median and largest distance of the stars from the truth moved by the
+        common shift.
+    """
+    d_ra = np.asarray(stars["d_ra"], dtype=float)
+    d_dec = np.asarray(stars["d_dec"], dtype=float)
+    if d_ra.size == 0:
+        raise ValueError("no measured point source to summarize")
+    shift_ra, shift_dec = float(np.median(d_ra)), float(np.median(d_dec))
+    about = np.hypot(d_ra - shift_ra, d_dec - shift_dec)
+    offsets = np.hypot(d_ra, d_dec)
+    return {"n": int(d_ra.size), "median_offset": float(np.median(offsets)), "max_offset": float(offsets.max()),
+            "shift_ra": shift_ra, "shift_dec": shift_dec, "shift": float(math.hypot(shift_ra, shift_dec)),
+            "shift_pa": float(math.degrees(math.atan2(shift_ra, shift_dec)) % 360.0),
+            "scatter_median": float(np.median(about)), "scatter_max": float(about.max())}
+
+
+# -- the disc's model -------------------------------------------------------------------------------------
+def disc_velocity_model(disc, east, north):
+    """Surface brightness (1 at the centre) and line-of-sight velocity of the truth's disc.
+
+    The conventions are those ``truth.json`` documents: the major axis lies at ``position_angle`` east of
+    north and its half at that angle recedes; the disc is inclined by ``inclination`` (0 = face on); the
+    rotation curve is ``rotation_kms * tanh(R / turnover_arcsec)``, ``R`` the radius in the disc plane; the
+    surface brightness falls as ``exp(-R / scale_length_arcsec)``. Written independently of the simulator
+    (tests check both agree), so a convention slip in either shows.
+
+    Parameters
+    ----------
+    disc : dict
+        ``truth["disc"]``.
+    east, north : array-like
+        Sky offsets from the disc centre [arcsec].
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        Relative surface brightness and topocentric line-of-sight velocity [km/s] (the simulated frame).
+    """
+    east = np.asarray(east, dtype=float)
+    north = np.asarray(north, dtype=float)
+    pa = math.radians(disc["position_angle"])
+    inclination = math.radians(disc["inclination"])
+    along = north * math.cos(pa) + east * math.sin(pa)        # towards the receding half of the major axis
+    across = (north * math.sin(pa) - east * math.cos(pa)) / math.cos(inclination)
+    radius = np.hypot(along, across)
+    # cos of the azimuth in the disc plane; 0 at the very centre, where the velocity is the systemic one
+    cos_azimuth = np.divide(along, radius, out=np.zeros_like(radius), where=radius > 0)
+    circular = disc["rotation_kms"] * np.tanh(radius / disc["turnover_arcsec"])
+    velocity = disc["velocity_kms"] + circular * math.sin(inclination) * cos_azimuth
+    return np.exp(-radius / disc["scale_length_arcsec"]), velocity
+
+
+# -- the barycentric correction ---------------------------------------------------------------------------
+def barycentric_correction(ra, dec, mjd_start, exptime, *, longitude, latitude, height, kind="barycentric"):
+    """Velocity correction [km/s] to the solar-system barycentre (or the Sun) at mid-exposure, with astropy.
+
+    No network access: IERS tables are never downloaded (the bundled ones, or none, are used; the Earth
+    rotation angle only enters the diurnal term, ~0.4 km/s at most, so the result does not depend on them at
+    the m/s level).
+
+    Parameters
+    ----------
+    ra, dec : float
+        Target (ICRS/FK5 J2000) [deg].
+    mjd_start : float
+        MJD-OBS (UTC) of the exposure start.
+    exptime : float
+        [s]; the correction is computed at ``mjd_start + exptime / 2``, as muse_scipost does.
+    longitude, latitude : float
+        Geodetic site coordinates [deg], longitude positive EAST (the ESO ``TEL GEOLON`` convention).
+    height : float
+        Site elevation [m].
+    kind : {"barycentric", "heliocentric"}
 
     Returns
     -------
     float
-        ``c * (lambda_centroid / rest_wavelength - 1)`` in the frame of the cube's wavelengths (barycentric
-        when muse_scipost applied ``--rvcorr=bary``); NaN when the aperture falls outside the data.
+        The correction to add to a measured (topocentric) velocity.
+    """
+    import astropy.units as u
+    from astropy.coordinates import EarthLocation, SkyCoord
+    from astropy.time import Time
+    from astropy.utils import iers
+
+    location = EarthLocation.from_geodetic(lon=longitude * u.deg, lat=latitude * u.deg, height=height * u.m)
+    obstime = Time(mjd_start + exptime / 2.0 / 86400.0, format="mjd", scale="utc")
+    target = SkyCoord(ra * u.deg, dec * u.deg, frame="fk5", equinox="J2000")
+    with iers.conf.set_temp("auto_download", False), iers.conf.set_temp("iers_degraded_accuracy", "warn"):
+        correction = target.radial_velocity_correction(kind, obstime=obstime, location=location)
+    return float(correction.to_value(u.km / u.s))
+
+
+def predicted_rv_corrections(truth, header, *, as_pipeline=False):
+    """Barycentric correction of every OBJECT exposure of the truth, at the site of ``header``.
+
+    Parameters
+    ----------
+    truth : dict
+        Content of ``truth.json`` (exposures: header RA/DEC, MJD-OBS, EXPTIME).
+    header : astropy.io.fits.Header
+        A primary header with ``ESO TEL GEOLON`` (east positive), ``ESO TEL GEOLAT`` and
+        ``ESO TEL GEOELEV`` (any raw or reduced MUSE file).
+    as_pipeline : bool
+        Reproduce what MUSE 2.8.7 computes rather than the physical correction: its ``muse_astro.c``
+        (``muse_rvcorrection_compute``, taken from the GIRAFFE pipeline) expects a longitude positive
+        WEST but is given ``ESO TEL GEOLON``, positive east, so it works for the site mirrored to the
+        other side of Greenwich. Only the diurnal term changes (by up to ~0.8 km/s).
+
+    Returns
+    -------
+    dict
+        DATE-OBS -> correction [km/s].
+    """
+    longitude = float(header["ESO TEL GEOLON"])
+    site = {"longitude": -longitude if as_pipeline else longitude, "latitude": float(header["ESO TEL GEOLAT"]),
+            "height": float(header["ESO TEL GEOELEV"])}
+    return {exposure["date_obs"]: barycentric_correction(exposure["ra_header"], exposure["dec_header"],
+                                                         exposure["mjd_obs"], exposure["exptime"], **site)
+            for exposure in truth["exposures"] if exposure["kind"] == "OBJECT"}
+
+
+def applied_rv_corrections(paths) -> dict:
+    """The radial-velocity corrections muse_scipost applied, from its reduced pixel tables.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        PIXTABLE_REDUCED files (muse_scipost ``--save=individual``).
+
+    Returns
+    -------
+    dict
+        DATE-OBS -> ``ESO DRS MUSE PIXTABLE RVCORR`` [km/s]; files without the keyword are left out.
+    """
+    applied = {}
+    for path in paths:
+        header = fits.getheader(path)
+        if "ESO DRS MUSE PIXTABLE RVCORR" in header:
+            applied[str(header["DATE-OBS"])] = float(header["ESO DRS MUSE PIXTABLE RVCORR"])
+    return applied
+
+
+def doppler_compose(velocity_kms, correction_kms):
+    """Velocity [km/s, ``c (lambda / lambda_rest - 1)``] after muse_scipost's radial-velocity correction.
+
+    muse_rvcorrect multiplies every wavelength by the relativistic factor
+    ``sqrt((1 + v_corr / c) / (1 - v_corr / c))``; a line at ``lambda_rest (1 + v / c)`` then sits at
+    ``c (lambda / lambda_rest - 1) = (c + v) factor - c``.
+    """
+    beta = np.asarray(correction_kms, dtype=float) / SPEED_OF_LIGHT_KMS
+    factor = np.sqrt((1.0 + beta) / (1.0 - beta))
+    return (SPEED_OF_LIGHT_KMS + np.asarray(velocity_kms, dtype=float)) * factor - SPEED_OF_LIGHT_KMS
+
+
+# -- emission lines ---------------------------------------------------------------------------------------
+def _cube_wavelengths(wcs, nz):
+    spectral = wcs.spectral
+    wavelength = np.asarray(spectral.pixel_to_world_values(np.arange(nz)), dtype=float)
+    return wavelength * (1e10 if str(spectral.world_axis_units[0]) == "m" else 1.0)
+
+
+def _fit_line_complex(wavelength, flux, variance, rest, guess_kms, half_window=12.0):
+    """Fit Gaussians of one velocity and one width (plus a linear continuum) to the lines ``rest``.
+
+    Returns (velocity, its error, sigma [A], first line's flux, its error) or None.
+    """
+    rest = np.asarray(rest, dtype=float)
+    shift = 1.0 + guess_kms / SPEED_OF_LIGHT_KMS
+    low, high = rest.min() * shift - half_window, rest.max() * shift + half_window
+    use = (wavelength >= low) & (wavelength <= high) & np.isfinite(flux) & np.isfinite(variance) & (variance > 0)
+    if use.sum() < 3 * rest.size + 6:
+        return None
+    lam, y, weight = wavelength[use], flux[use], 1.0 / np.sqrt(variance[use])
+    centre = 0.5 * (low + high)
+    # parameters: velocity, sigma [A], one area per line, continuum level and slope
+    def model(p):
+        centres = rest * (1.0 + p[0] / SPEED_OF_LIGHT_KMS)
+        profile = np.exp(-0.5 * ((lam[:, None] - centres[None, :]) / p[1]) ** 2) / (math.sqrt(2 * math.pi) * p[1])
+        return profile @ p[2:2 + rest.size] + p[2 + rest.size] + p[3 + rest.size] * (lam - centre)
+    level = float(np.median(y))
+    near = np.abs(lam - rest[0] * shift) < 3.0
+    area = max(float(np.sum(y[near] - level)) * float(np.median(np.diff(lam))), 0.0)
+    start = np.r_[guess_kms, 1.6, [area] * rest.size, level, 0.0]
+    lower = np.r_[guess_kms - 500.0, 0.5, [-np.inf] * rest.size, -np.inf, -np.inf]
+    upper = np.r_[guess_kms + 500.0, 6.0, [np.inf] * rest.size, np.inf, np.inf]
+    fit = least_squares(lambda p: (model(p) - y) * weight, start, bounds=(lower, upper), x_scale="jac")
+    if not fit.success:
+        return None
+    dof = max(use.sum() - fit.x.size, 1)
+    chi2 = float(np.sum(fit.fun ** 2)) / dof
+    try:
+        covariance = np.linalg.inv(fit.jac.T @ fit.jac) * max(chi2, 1.0)
+    except np.linalg.LinAlgError:
+        return None
+    errors = np.sqrt(np.clip(np.diag(covariance), 0, None))
+    return float(fit.x[0]), float(errors[0]), float(fit.x[1]), float(fit.x[2]), float(errors[2])
+
+
+def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxels=3, min_snr=20.0,
+                           lines=HALPHA_COMPLEX, subsample=5):
+    """H-alpha velocity field of the truth's disc in a cube, aperture by aperture, with its model.
+
+    The cube is cut into apertures of ``bin_spaxels`` spaxels (a grid anchored on the spaxel nearest the
+    disc centre); each aperture's summed spectrum is fitted with Gaussians of one
+    velocity and one width at ``lines`` plus a linear continuum. Apertures whose first line is detected
+    below ``min_snr`` are left out.
+
+    The model velocity of an aperture is the disc of the truth (:func:`disc_velocity_model`), averaged over
+    the aperture's spaxels weighted by the surface brightness (``subsample`` x ``subsample`` points per
+    spaxel), then moved into the cube's frame with :func:`doppler_compose` and ``rv_correction_kms``.
+
+    Parameters
+    ----------
+    cube_path : str or Path
+        DATACUBE (``DATA`` and ``STAT`` extensions, celestial and spectral WCS).
+    truth : dict
+        Content of ``truth.json``.
+    rv_correction_kms : float
+        The correction the pipeline applied (0 for a cube reduced with ``--rvcorr=none``); for a combined
+        cube, the exposure-time weighted mean over its exposures.
+    bin_spaxels : int or (int, int)
+        Aperture side, or (width in x, height in y) [spaxels]; e.g. ``(3, 13)`` for 0.6" wide apertures
+        through a whole one-IFU strip.
+    min_snr : float
+        Minimum signal-to-noise ratio of the first line's flux.
+    lines : sequence of str
+        Keys of ``truth["disc"]["line_rest_wavelength"]``, fitted together; the first one gives the flux.
+    subsample : int
+        Model points per spaxel side.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per aperture: ``x``, ``y`` (its centre, 0-based cube pixels), ``ra``, ``dec`` [deg],
+        ``east``, ``north`` [arcsec from the disc centre], ``n_spaxels``, ``flux`` [cube unit x A] and
+        ``snr`` of the first line, ``v`` and ``v_err`` (measured) [km/s], ``sigma`` (fitted Gaussian sigma,
+        LSF included) [A], ``v_model_topo`` (the truth), ``v_model`` (the truth after the correction) and
+        ``residual`` = ``v - v_model``.
+    """
+    disc = truth["disc"]
+    rest = [disc["line_rest_wavelength"][name] for name in lines]
+    with fits.open(cube_path) as hdul:
+        data = np.asarray(hdul["DATA"].data, dtype=float)
+        variance = np.asarray(hdul["STAT"].data, dtype=float)
+        wcs = WCS(hdul["DATA"].header)
+    celestial = wcs.celestial
+    wavelength = _cube_wavelengths(wcs, data.shape[0])
+    scale = float(np.mean(np.abs(proj_plane_pixel_scales(celestial))) * 3600.0)
+    ny, nx = data.shape[1:]
+    x_centre, y_centre = (float(v) for v in celestial.world_to_pixel_values(disc["ra"], disc["dec"]))
+    # the wavelengths the lines can reach (rotation, correction, 20 A of continuum either side)
+    reach = (abs(disc["rotation_kms"]) + abs(rv_correction_kms) + 300.0) / SPEED_OF_LIGHT_KMS
+    shift = 1.0 + disc["velocity_kms"] / SPEED_OF_LIGHT_KMS
+    window = ((wavelength > min(rest) * shift * (1 - reach) - 20.0)
+              & (wavelength < max(rest) * shift * (1 + reach) + 20.0))
+    bin_x, bin_y = (bin_spaxels, bin_spaxels) if np.ndim(bin_spaxels) == 0 else bin_spaxels
+    bin_x, bin_y = int(bin_x), int(bin_y)
+    half_x, half_y = bin_x // 2, bin_y // 2
+    # aperture centres on round(centre) + k bin, from one aperture before the first spaxel
+    first_x = int(round(x_centre)) % bin_x - bin_x
+    first_y = int(round(y_centre)) % bin_y - bin_y
+    offsets = (np.arange(subsample) + 0.5) / subsample - 0.5
+    rows = []
+    for yc in range(first_y, ny + bin_y, bin_y):
+        for xc in range(first_x, nx + bin_x, bin_x):
+            xs = np.arange(xc - half_x, xc - half_x + bin_x)
+            ys = np.arange(yc - half_y, yc - half_y + bin_y)
+            xs, ys = xs[(xs >= 0) & (xs < nx)], ys[(ys >= 0) & (ys < ny)]
+            if xs.size == 0 or ys.size == 0:
+                continue
+            block = data[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].reshape(data.shape[0], -1)
+            block_var = variance[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].reshape(data.shape[0], -1)
+            covered = np.isfinite(block[window]).mean(axis=0) > 0.9   # spaxels with data around the lines
+            if covered.sum() < 0.5 * bin_x * min(bin_y, ny):
+                continue
+            spectrum = np.sum(block[:, covered], axis=1)
+            spectrum_var = np.sum(block_var[:, covered], axis=1)
+            # the model over the covered spaxels: sub-sampled, weighted by the surface brightness
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            px = (xx.ravel()[covered][:, None, None] + offsets[None, :, None]).ravel()
+            py = (yy.ravel()[covered][:, None, None] + offsets[None, None, :]).ravel()
+            ra, dec = celestial.pixel_to_world_values(px, py)
+            east, north = _tangent_offsets(ra, dec, disc["ra"], disc["dec"])
+            surface, velocity = disc_velocity_model(disc, east, north)
+            v_topo = float(np.sum(surface * velocity) / np.sum(surface))
+            v_model = float(doppler_compose(v_topo, rv_correction_kms))
+            result = _fit_line_complex(wavelength, spectrum, spectrum_var, rest, v_model)
+            if result is None:
+                continue
+            v, v_err, sigma, flux, flux_err = result
+            snr = flux / flux_err if flux_err > 0 else 0.0
+            if snr < min_snr:
+                continue
+            x_mid, y_mid = float(np.mean(xs)), float(np.mean(ys))
+            ra_mid, dec_mid = (float(v) for v in celestial.pixel_to_world_values(x_mid, y_mid))
+            e_mid, n_mid = _tangent_offsets(ra_mid, dec_mid, disc["ra"], disc["dec"])
+            rows.append((x_mid, y_mid, ra_mid, dec_mid, float(e_mid), float(n_mid), int(covered.sum()), flux,
+                         snr, v, v_err, sigma, v_topo, v_model, v - v_model))
+    names = ("x", "y", "ra", "dec", "east", "north", "n_spaxels", "flux", "snr", "v", "v_err", "sigma",
+             "v_model_topo", "v_model", "residual")
+    return Table(rows=rows or None, names=names, dtype=[float] * 6 + [int] + [float] * 8)
+
+
+def summarize_velocity_field(field) -> dict:
+    """Median and spread of the residuals of :func:`measure_velocity_field`.
+
+    Returns
+    -------
+    dict
+        ``n`` apertures, ``median_abs_error`` (median of ``|v - v_model|``), ``median_error`` (median of
+        ``v - v_model``: a common offset), ``max_abs_error``, ``median_v_err`` (median formal error) [km/s],
+        and the model's velocity range ``model_min``, ``model_max`` [km/s] over the measured apertures.
+    """
+    residual = np.asarray(field["residual"], dtype=float)
+    if residual.size == 0:
+        raise ValueError("no aperture of the velocity field was measured")
+    return {"n": int(residual.size), "median_abs_error": float(np.median(np.abs(residual))),
+            "median_error": float(np.median(residual)), "max_abs_error": float(np.max(np.abs(residual))),
+            "median_v_err": float(np.median(field["v_err"])), "model_min": float(np.min(field["v_model"])),
+            "model_max": float(np.max(field["v_model"]))}
+
+
+def _tangent_offsets(ra, dec, ra0, dec0):
+    """Gnomonic (TAN) standard coordinates [arcsec] of (ra, dec) about (ra0, dec0): (east, north)."""
+    ra, dec = np.radians(ra), np.radians(dec)
+    ra0, dec0 = math.radians(ra0), math.radians(dec0)
+    cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+    east = np.cos(dec) * np.sin(ra - ra0) / cos_c
+    north = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cos_c
+    return np.degrees(east) * 3600.0, np.degrees(north) * 3600.0
+
+
+def measure_line_velocity(cube_path, ra, dec, rest_wavelength, guess_kms, *, radius_arcsec=1.0,
+                          companions=()):
+    """Velocity [km/s] of an emission line in a circular aperture of a cube, from a Gaussian fit.
+
+    Parameters
+    ----------
+    cube_path : str or Path
+        DATACUBE with ``DATA`` and ``STAT``.
+    ra, dec : float
+        Aperture centre [deg].
+    rest_wavelength : float
+        [A], in the cube's wavelength scale (air for MUSE).
+    guess_kms : float
+        Starting velocity.
+    radius_arcsec : float
+    companions : sequence of float
+        Rest wavelengths of neighbouring lines fitted with the same velocity and width (e.g. the [NII]
+        doublet next to H-alpha), so that they do not pull the fit.
+
+    Returns
+    -------
+    float
+        ``c * (lambda / rest_wavelength - 1)`` in the frame of the cube's wavelengths (barycentric when
+        muse_scipost applied ``--rvcorr=bary``); NaN when the aperture falls outside the data or the fit
+        fails.
     """
     with fits.open(cube_path) as hdul:
-        hdu = hdul["DATA"]
-        wcs = WCS(hdu.header)
-        cube = hdu.data
-        x, y = wcs.celestial.world_to_pixel_values(ra, dec)
-        scale = float(np.mean(np.abs(proj_plane_pixel_scales(wcs.celestial))) * 3600.0)
-        radius = radius_arcsec / scale
-        ny, nx = cube.shape[1:]
-        yy, xx = np.mgrid[0:ny, 0:nx]
-        inside = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
-        if not inside.any():
-            return float("nan")
-        spectrum = np.nanmean(cube[:, inside], axis=1)
-        spectral = wcs.spectral
-        wavelength = spectral.pixel_to_world_values(np.arange(cube.shape[0]))
-        unit = str(spectral.world_axis_units[0])
-    wavelength = np.asarray(wavelength, dtype=float) * (1e10 if unit == "m" else 1.0)
-    centre = rest_wavelength * (1 + guess_kms / SPEED_OF_LIGHT_KMS)
-    half = rest_wavelength * window_kms / SPEED_OF_LIGHT_KMS
-    line = np.abs(wavelength - centre) <= half
-    sides = (np.abs(wavelength - centre) > 1.5 * half) & (np.abs(wavelength - centre) <= 3 * half)
-    if not line.any() or not np.isfinite(spectrum[line]).any():
+        data = np.asarray(hdul["DATA"].data, dtype=float)
+        variance = np.asarray(hdul["STAT"].data, dtype=float)
+        wcs = WCS(hdul["DATA"].header)
+    x, y = wcs.celestial.world_to_pixel_values(ra, dec)
+    scale = float(np.mean(np.abs(proj_plane_pixel_scales(wcs.celestial))) * 3600.0)
+    ny, nx = data.shape[1:]
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    inside = ((xx - x) ** 2 + (yy - y) ** 2 <= (radius_arcsec / scale) ** 2) & (np.isfinite(data).mean(axis=0) > 0.9)
+    if not inside.any():
         return float("nan")
-    continuum = np.nanmedian(spectrum[sides])
-    signal = np.clip(spectrum[line] - continuum, 0, None)
-    centroid = float(np.nansum(signal * wavelength[line]) / np.nansum(signal))
-    return SPEED_OF_LIGHT_KMS * (centroid / rest_wavelength - 1)
+    result = _fit_line_complex(_cube_wavelengths(wcs, data.shape[0]), data[:, inside].sum(axis=1),
+                               variance[:, inside].sum(axis=1), [rest_wavelength, *companions], guess_kms)
+    return float("nan") if result is None else result[0]
 
 
 def sky_line_residuals(cube_path, truth, *, star_radius_arcsec=2.0, disc_radius_scale=4.0, half_width=6.0,

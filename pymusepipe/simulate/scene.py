@@ -204,12 +204,15 @@ class SkyScene:
             profile, los = self.disc.surface_and_velocity(east - d_east, north - d_north)
             spaxel_fraction = pixel_area_arcsec2 / model.spaxel_scale ** 2
             source_continuum += self.disc.continuum * profile * spaxel_fraction
-            # lines: one centre per column, taken at the middle row (the sky position hardly moves)
-            prof_col, los_col = profile[mid_row], los[mid_row]
             for rest, ratio in DISC_LINES.values():
+                # one centre per column, from the sky position of the row the line falls on: the trace
+                # drifts with the row, so the middle row's position is up to 0.6 spaxel away (H-beta)
+                line_row = int(np.clip(np.rint(layout.row_of_wavelength(
+                    k, rest * (1.0 + self.disc.velocity / C_KMS), 0.0)), 0, wavelength.shape[0] - 1))
+                prof_col, los_col = profile[line_row], los[line_row]
                 centre = rest * (1.0 + los_col / C_KMS)
                 # LSF (in rows) and the gas dispersion (converted to rows) add in quadrature
-                intrinsic_rows = centre * self.disc.dispersion / C_KMS / maps.dispersion[mid_row]
+                intrinsic_rows = centre * self.disc.dispersion / C_KMS / maps.dispersion[line_row]
                 flux = self.disc.halpha * ratio * prof_col * spaxel_fraction
                 conv = spectra.electrons_per_flux_unit(centre, exposure.exptime, 1.0)
                 atm = exposure.transparency * 10 ** (-0.4 * spectra.extinction(centre) * exposure.airmass)
