@@ -152,3 +152,25 @@ def test_a_pointing_without_offset_sky_measures_the_sky_on_each_object_exposure(
         lines = {Path(path) for path in job.calibration_paths()["SKY_LINES"]}
         assert lines == {p.destination for p in sky.products if p.tag == "SKY_LINES"}
         assert "its own sky" in job.note
+
+
+def test_ao_and_nfm_modes_use_their_calibrations_and_spaxel_scale(tmp_path):
+    """NFM-AO-N (headers only): NFM's astrometry, its 0.025" spaxel in muse_exp_align's FWHM, RAMAN_LINES
+    for the AO mode; the same plan in WFM-NOAO-N has no RAMAN_LINES and the WFM spaxel."""
+    from pymusepipe.simulate import simulate_programme, survey_programme
+
+    fwhm = {}
+    for mode in ("NFM-AO-N", "WFM-NOAO-N"):
+        run = simulate_programme(tmp_path / mode, survey_programme(mode=mode, header_only=True, seed=3))
+        pipe = MusePipe("SIMGAL", 1, run.rc_file, run.cal_file, musemode=mode, fakemode=True,
+                        time_astrometry=True, filter_list="white,Cousins_R")
+        pipe.run_all_recipes()
+        (scipost, *_) = pipe.steps["scipost"].report.jobs
+        tags = _sof_tags(scipost)
+        assert ("RAMAN_LINES" in tags) == (mode == "NFM-AO-N"), mode
+        (astrometry,) = scipost.calibration_paths()["ASTROMETRY_WCS"]
+        assert ("_nfm_" in Path(astrometry).name) == (mode == "NFM-AO-N"), astrometry
+        (align, *_) = [job for job in pipe.steps["align_bypointing"].report.jobs if job.recipe == "muse_exp_align"]
+        fwhm[mode] = align.parameters["fwhm"]
+    # The same seeing in NFM spaxels (0.025") and WFM spaxels (0.2"): eight times as many.
+    assert fwhm["NFM-AO-N"] == pytest.approx(8 * fwhm["WFM-NOAO-N"], rel=0.05)
