@@ -272,7 +272,7 @@ class MusePipe:
 
     def run_plans(self, plans, label: str = "") -> StepReport:
         """Run the jobs of planned steps as one graph; record each step's status; raise if any job failed."""
-        jobs = [job for plan in plans for job in plan.jobs]
+        jobs = unique_jobs(plans)
         report = self.engine.run(jobs, label=label or f"{self.targetname} {self.layout.pointing_name}") \
             if jobs else StepReport([])
         self.record_steps(plans, report)
@@ -284,20 +284,7 @@ class MusePipe:
         for plan in plans:
             sub = report.of_jobs(plan.jobs)
             results = list(sub.results.values())
-            if plan.skipped and not plan.jobs:
-                status, summary = "skipped", plan.skipped
-            elif self.fakemode:
-                status, summary = "planned", sub.summary()
-            elif any(result.status == "failed" for result in results):
-                status, summary = "failed", sub.summary()
-            elif results and all(result.status == "skipped" for result in results):
-                status, summary = "skipped", results[0].message
-            elif any(result.status == "interrupted" for result in results):
-                status, summary = "interrupted", sub.summary()
-            else:
-                status, summary = "done", sub.summary()
-            if plan.note:
-                summary = f"{summary}; {plan.note}"
+            status, summary = step_outcome(plan, sub, self.fakemode)
             wrote = sum(max(record.size, 0) for job in plan.jobs
                         if sub.results.get(job.name) is not None and sub.results[job.name].status == "done"
                         for record in self.engine.catalogue.of_job(job.name) if record.status == "done")
@@ -599,6 +586,37 @@ def make_executor(executor="local", *, fakemode=False, pinning=None, cpus=None, 
 
         return DaskExecutor(client, scheduler=scheduler, pinning=pinning or "none")
     raise ValueError(f"executor={executor!r}: expected 'local', 'dask' or an Executor instance")
+
+
+def step_outcome(plan: StepPlan, sub: StepReport, fakemode: bool) -> tuple:
+    """(status, summary) of a planned step from its jobs' results."""
+    results = list(sub.results.values())
+    if plan.skipped and not plan.jobs:
+        status, summary = "skipped", plan.skipped
+    elif fakemode:
+        status, summary = "planned", sub.summary()
+    elif any(result.status == "failed" for result in results):
+        status, summary = "failed", sub.summary()
+    elif results and all(result.status == "skipped" for result in results):
+        status, summary = "skipped", results[0].message
+    elif any(result.status == "interrupted" for result in results):
+        status, summary = "interrupted", sub.summary()
+    else:
+        status, summary = "done", sub.summary()
+    if plan.note:
+        summary = f"{summary}; {plan.note}"
+    return status, summary
+
+
+def unique_jobs(plans) -> list:
+    """The jobs of several plans, each once (a night's calibrations are planned by every pointing using them)."""
+    jobs, seen = [], set()
+    for plan in plans:
+        for job in plan.jobs:
+            if job.name not in seen:
+                seen.add(job.name)
+                jobs.append(job)
+    return jobs
 
 
 def raise_for_failures(report: StepReport):

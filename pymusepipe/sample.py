@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import instrument
 from .engine import StepReport
-from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures
+from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures, unique_jobs
 from .steps import StepContext
 from .target import MuseTarget, plan_night_steps, union_raw_table
 
@@ -127,14 +127,8 @@ class MuseSample:
         for name, target in self.targets.items():
             plans[name] = OrderedDict(night=night)
             plans[name].update(target.plan_science(illum=illum, fraction=fraction, mosaic=mosaic))
-        jobs, seen = [], set()
-        for target_plans in plans.values():
-            for owner_plans in target_plans.values():
-                for plan in owner_plans:
-                    for job in plan.jobs:
-                        if job.name not in seen:
-                            seen.add(job.name)
-                            jobs.append(job)
+        jobs = unique_jobs(plan for target_plans in plans.values() for owner_plans in target_plans.values()
+                           for plan in owner_plans)
         start = time.monotonic()
         report = self.engine.run(jobs, label="sample") if jobs else StepReport([])
         for name, target in self.targets.items():

@@ -29,7 +29,7 @@ from astropy.table import vstack
 from . import instrument
 from .engine import StepReport
 from .layout import TargetLayout, pointing_folder_name
-from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures
+from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures, step_outcome, unique_jobs
 from .products import PlannedProduct
 from .state import PointingState, StepStatus
 from .steps import (STEPS, StepContext, StepPlan, plan_align_bygroup, plan_align_bypointing, plan_bias,
@@ -349,13 +349,7 @@ class MuseTarget:
     def run_plans(self, plans: OrderedDict) -> StepReport:
         """Run planned steps as one graph (jobs planned twice, e.g. a night's calibrations, run once) and
         record what each step did in each pointing's and the target's state."""
-        jobs, seen = [], set()
-        for owner_plans in plans.values():
-            for plan in owner_plans:
-                for job in plan.jobs:
-                    if job.name not in seen:
-                        seen.add(job.name)
-                        jobs.append(job)
+        jobs = unique_jobs(plan for owner_plans in plans.values() for plan in owner_plans)
         start = time.monotonic()
         report = self.engine.run(jobs, label=self.targetname) if jobs else StepReport([])
         self.record(plans, report)
@@ -370,19 +364,7 @@ class MuseTarget:
         target_plans = _merge_plans(plans.get("target", []))
         for plan in target_plans:
             sub = report.of_jobs(plan.jobs)
-            results = list(sub.results.values())
-            if plan.skipped and not plan.jobs:
-                status, summary = "skipped", plan.skipped
-            elif self.fakemode:
-                status, summary = "planned", sub.summary()
-            elif any(result.status == "failed" for result in results):
-                status, summary = "failed", sub.summary()
-            elif results and all(result.status == "skipped" for result in results):
-                status, summary = "skipped", results[0].message
-            else:
-                status, summary = "done", sub.summary()
-            if plan.note:
-                summary = f"{summary}; {plan.note}"
+            status, summary = step_outcome(plan, sub, self.fakemode)
             step_status = StepStatus(plan.step, status, summary, jobs=len(plan.jobs), report=sub)
             self.state.set_step(step_status)
             self.steps[plan.step] = step_status
