@@ -11,6 +11,7 @@ full disk), so existing ``except`` clauses keep working.
 | type | raised when | also a |
 |---|---|---|
 | :class:`PipelineError` | base of all below | ``Exception`` |
+| :class:`UsageError` | a command-line value is wrong (exit status 2) | ``ValueError`` |
 | ``config.ConfigError`` | a configuration file or setting is wrong | ``ValueError`` |
 | :class:`MissingPathError` | a target, pointing, ``Raw/`` folder or input file does not exist | ``FileNotFoundError`` |
 | ``rawdata.RawFolderError`` | the ``Raw/`` folder of a pointing does not exist | ``FileNotFoundError`` |
@@ -30,7 +31,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["PipelineError", "MissingPathError", "PermissionDeniedError", "DiskFullError",
+__all__ = ["PipelineError", "UsageError", "MissingPathError", "PermissionDeniedError", "DiskFullError",
            "ExecutableNotFoundError", "LockHeldError", "StepInputError", "StepFailedError", "from_os_error",
            "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -53,6 +54,9 @@ class PipelineError(Exception):
         What to do about it.
     """
 
+    #: Exit status of the console script for this error.
+    exit_code = EXIT_ERROR
+
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
         self.message = str(message)
@@ -60,6 +64,12 @@ class PipelineError(Exception):
 
     def __str__(self):
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class UsageError(PipelineError, ValueError):
+    """A value given on the command line is wrong (the console script exits with status 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class MissingPathError(PipelineError, FileNotFoundError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .errors import PipelineError
 from .recipes import format_parameter
 
 __all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "available_cpus",
@@ -25,13 +26,16 @@ __all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix
 
 logger = logging.getLogger(__name__)
 
+ESOREX_INSTALL_HINT = ("install the ESO pipeline (apt-get install esorex cpl-plugin-muse, or ESO's pipeline kit) "
+                       "or put esorex on PATH")
+
 PINNING_LIKWID = "likwid"
 PINNING_TASKSET = "taskset"
 PINNING_NONE = "none"
 PINNING_METHODS = (PINNING_LIKWID, PINNING_TASKSET, PINNING_NONE)
 
 
-class EsorexError(RuntimeError):
+class EsorexError(PipelineError, RuntimeError):
     """esorex cannot be found or cannot be asked something."""
 
 
@@ -238,7 +242,7 @@ def pipeline_version(esorex: str = "esorex", recipe: str = "muse_bias") -> str:
         If esorex or the recipe cannot be found.
     """
     if shutil.which(esorex) is None:
-        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH", ESOREX_INSTALL_HINT)
     try:
         # esorex writes a log even for --man-page: keep it out of the user's folders.
         with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
@@ -263,7 +267,7 @@ def recipe_parameters(recipe: str, esorex: str = "esorex") -> frozenset:
         If esorex is missing or does not know the recipe.
     """
     if shutil.which(esorex) is None:
-        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH", ESOREX_INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
         result = subprocess.run([esorex, f"--log-dir={scratch}", "--params", recipe], capture_output=True,
                                 text=True, timeout=60)
