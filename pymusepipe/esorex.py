@@ -184,6 +184,24 @@ def build_command(recipe: str, sof, *, output_dir, log_dir, log_file: str, param
 
 _ERROR_LINE = re.compile(r"\[\s*ERROR\s*\]")
 _WARNING_LINE = re.compile(r"\[\s*WARNING\s*\]")
+# "12:00:00 [ ERROR ] function: [tid=000] message" (the log) or "[ ERROR ] esorex: message" (stdout).
+_MESSAGE = re.compile(r"\[\s*ERROR\s*\]\s*(?:(?P<function>[\w.]*):\s*)?(?:\[tid=\d+\]\s*)?(?P<message>.*)$")
+# A line of muse_cplerrorstate_dump_some: "[2/5] 'message' (code) at function:file.c:123".
+_DUMPED = re.compile(r"^\[\d+/\d+\]\s+'(?P<message>.*)'\s+\(\d+\)\s+at\s+\S+$")
+# Follow-on and bookkeeping lines: never the cause.
+_NOT_A_CAUSE = re.compile(r"^(Dumping the \d+ most recent error|Found \d+ error\(s\)|Execution of recipe .* failed"
+                          r"|Problem occurred loading frameset|A user-defined error$|An unspecified error$"
+                          r"|Bad file format$|Data not found$|Illegal input$|File not found$)")
+# A file esorex or a recipe could not read or open, with the file's name in one of these forms.
+_FILE_PROBLEM = re.compile(r"CFITSIO|could not be (?:read|loaded|opened)|could not (?:load|open|read)"
+                           r"|No such file|Data not found: filename=", re.IGNORECASE)
+_FILENAMES = (re.compile(r"filename='(?P<path>[^']+)'"),
+              re.compile(r"input file '(?P<path>[^']+)'"),
+              re.compile(r'"(?P<path>/[^"\[]+)(?:\[(?P<ext>[^\]]+)\])?"'))
+_EXTENSION = re.compile(r"extension (?P<ext>[\w.]+) from")
+_CFITSIO_TEXT = re.compile(r'"(?P<text>[^"]+)" from CFITSIO[^)]*\)\s*(?P<call>\w+)\(\)=(?P<status>\d+)')
+_MISSING_TAG = re.compile(r"found \d+ (?:input )?frames? with tag|No valid raw tag|no .* found in input",
+                          re.IGNORECASE)
 
 
 @dataclass
@@ -198,20 +216,114 @@ class EsorexLog:
     n_warnings : int
     tail : list of str
         Last lines, to show the user when a run failed.
+    headline : str
+        The first real cause of a failure, in one line ('' when there is no error): a file that could not
+        be read (with what is wrong with it now: truncated, missing), else a missing input tag, else the
+        first error that is not a follow-on of another one.
+    cause_path : str
+        The file at fault, when the headline names one.
     """
 
     path: Path
     errors: list = field(default_factory=list)
     n_warnings: int = 0
     tail: list = field(default_factory=list)
+    headline: str = ""
+    cause_path: str = ""
 
     @property
     def has_errors(self) -> bool:
         return bool(self.errors)
 
 
-def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
-    """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail."""
+def _error_message(line: str) -> str:
+    """The message of an ``[ERROR]`` line, without time, function and thread; unwrapped if dumped."""
+    match = _MESSAGE.search(line)
+    message = (match.group("message") if match else line).strip()
+    dumped = _DUMPED.match(message)
+    message = dumped.group("message").strip() if dumped else message
+    # CPL's generic prefix of errors raised by the recipes says nothing.
+    return message[len("A user-defined error: "):] if message.startswith("A user-defined error: ") else message
+
+
+def _file_state(path: str) -> str:
+    """What is wrong with a file now, in a few words ('' if nothing is visibly wrong)."""
+    from .fitsheader import FitsHeaderError, check_fits_size
+
+    if not os.path.exists(path):
+        return "it does not exist"
+    try:
+        check_fits_size(path)
+    except FitsHeaderError as error:
+        return str(error).replace(f"{path}: ", "")
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    return ""
+
+
+def _file_headline(messages, check_files: bool):
+    """(headline, path) for the first file that could not be read, or None."""
+    for index, message in enumerate(messages):
+        if not _FILE_PROBLEM.search(message):
+            continue
+        path = extension = None
+        for pattern in _FILENAMES:
+            match = pattern.search(message)
+            if match:
+                path = match.group("path")
+                extension = match.groupdict().get("ext")
+                break
+        if not path:
+            continue
+        extension = extension or (_EXTENSION.search(message).group("ext") if _EXTENSION.search(message) else None)
+        # The library's own words for the same file (CFITSIO's text and status) say most about why.
+        detail = ""
+        for other in messages[index:]:
+            cfitsio = _CFITSIO_TEXT.search(other)
+            if cfitsio and path in other:
+                detail = f"{cfitsio.group('text')} (CFITSIO status {cfitsio.group('status')})"
+                break
+        if not detail:
+            detail = "the file could not be opened" if "open" in message.lower() else message
+        where = f"{path} (extension {extension})" if extension else path
+        headline = f"cannot read {where}: {detail}"
+        state = _file_state(path) if check_files else ""
+        if state:
+            headline += f"; now: {state}"
+        return headline, path
+    return None
+
+
+def _headline(messages, check_files: bool):
+    causes = [message for message in messages if message and not _NOT_A_CAUSE.match(message)]
+    found = _file_headline(causes, check_files)
+    if found:
+        return found
+    for message in causes:
+        if _MISSING_TAG.search(message):
+            return f"missing input: {message}", ""
+    return (causes[0] if causes else (messages[0] if messages else "")), ""
+
+
+def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: bool = True) -> EsorexLog:
+    """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail, and
+    the headline: the first real cause of a failure.
+
+    Recipes report a failure several times: the cause (CFITSIO cannot read a truncated master), then its
+    consequences ("Required 1, found 0 frames with tag MASTER_BIAS", "Execution of recipe failed"). The
+    headline is the cause: a file that cannot be read or opened first, then a missing tag, then the first
+    other error.
+
+    Parameters
+    ----------
+    path : path
+        esorex's log (``--log-file``) or its captured stdout.
+    tail_lines, max_errors : int
+        Lines kept for the tail and the error list.
+    check_files : bool
+        Look at the file the headline names (exists? truncated? via :func:`~pymusepipe.fitsheader.check_fits_size`,
+        headers only) and say what is wrong with it now.
+    """
     from collections import deque
 
     path = Path(path)
@@ -219,6 +331,7 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
     if not path.is_file():
         return summary
     tail = deque(maxlen=tail_lines)
+    messages = []
     with path.open(errors="replace") as stream:
         for line in stream:
             line = line.rstrip("\n")
@@ -226,9 +339,12 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
             if _ERROR_LINE.search(line):
                 if len(summary.errors) < max_errors:
                     summary.errors.append(line.strip())
+                    messages.append(_error_message(line))
             elif _WARNING_LINE.search(line):
                 summary.n_warnings += 1
     summary.tail = list(tail)
+    if messages:
+        summary.headline, summary.cause_path = _headline(messages, check_files)
     return summary
 
 

@@ -46,15 +46,21 @@ class FitsReadError(FitsHeaderError):
 
 
 _END_CARD = "END" + " " * (CARD_SIZE - 3)
+# NEXTEND is looked for in the first blocks of the primary header only.
+NEXTEND_BLOCKS = 4
 # Reading several blocks per call keeps the number of system calls (and gzip calls) low.
 BLOCKS_PER_READ = 12
 
 
-def _find_end_card(text: str, start: int) -> int:
-    """Offset just after the END card at or after ``start`` (a card boundary), or -1."""
-    position = text.find(_END_CARD, start)
+_END_BYTES = _END_CARD.encode()
+
+
+def _find_end_card(text, start: int) -> int:
+    """Offset just after the END card at or after ``start`` (a card boundary) of a str or bytes, or -1."""
+    card = _END_BYTES if isinstance(text, bytes) else _END_CARD
+    position = text.find(card, start)
     while position >= 0 and position % CARD_SIZE:
-        position = text.find(_END_CARD, position + 1)
+        position = text.find(card, position + 1)
     return -1 if position < 0 else position + CARD_SIZE
 
 
@@ -75,21 +81,24 @@ def _header_at(descriptor, offset: int, size: int, name: str, what: str, extensi
 
     With ``extension=True``, None when no ``XTENSION`` card starts there (bytes after the last HDU).
     """
-    text = ""
-    while len(text) < MAX_HEADER_BLOCKS * BLOCK_SIZE:
-        chunk = os.pread(descriptor, BLOCK_SIZE * BLOCKS_PER_READ, offset + len(text))
-        if not text:
+    data = b""
+    # Extension headers are short (a few blocks): smaller reads copy less.
+    read_size = BLOCK_SIZE * (BLOCKS_PER_READ // 2 if extension else BLOCKS_PER_READ)
+    while len(data) < MAX_HEADER_BLOCKS * BLOCK_SIZE:
+        chunk = os.pread(descriptor, read_size, offset + len(data))
+        if not data:
             if extension and not chunk.startswith(b"XTENSION="):
                 return None
             if not extension and not chunk.startswith(b"SIMPLE  ="):
                 raise FitsHeaderError(f"{name}: not a FITS file (does not start with a SIMPLE card)")
-        searched_from = max(0, len(text) - len(text) % CARD_SIZE)
-        text += chunk.decode("ascii", errors="replace")
-        end = _find_end_card(text, searched_from)
+        searched_from = max(0, len(data) - len(data) % CARD_SIZE)
+        data += chunk
+        end = _find_end_card(data, searched_from)
         if end > 0:
-            return text[:end]
-        if len(chunk) < BLOCK_SIZE * BLOCKS_PER_READ:
-            raise FitsTruncatedError(f"{name}: truncated: {_sizes(size, offset + len(text) + BLOCK_SIZE, True)} "
+            # Decoding only the header (not the data read with it); 'replace' keeps one character per byte.
+            return data[:end].decode("ascii", errors="replace")
+        if len(chunk) < read_size:
+            raise FitsTruncatedError(f"{name}: truncated: {_sizes(size, offset + len(data) + BLOCK_SIZE, True)} "
                                      f"expected (the file ends inside the {what}, before its END card)")
     raise FitsHeaderError(f"{name}: no END card in the first {MAX_HEADER_BLOCKS} blocks of the {what}")
 
@@ -244,32 +253,49 @@ def _card_value(text: str, key: str):
     return None if position < 0 else _parse_value(text[position + 10:position + CARD_SIZE])
 
 
+def _mandatory_value(text: str, index: int, key: str):
+    """Value of the card ``key``, expected as card number ``index`` (the FITS standard fixes the order of
+    BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT); searched for if a non-conforming writer put it elsewhere."""
+    start = index * CARD_SIZE
+    if text.startswith(key, start) and text.startswith("= ", start + 8) and \
+            text[start + len(key):start + 8].strip() == "":
+        try:
+            return int(text[start + 10:start + 30])  # fixed format: the integer ends in column 30
+        except ValueError:
+            return _parse_value(text[start + 10:start + CARD_SIZE])
+    return _card_value(text, key)
+
+
 def _data_size(text: str, name: str, what: str) -> int:
     """Bytes of data (unpadded) an HDU's header announces."""
-    values = {}
-    for key in ("BITPIX", "NAXIS"):
-        values[key] = _card_value(text, key)
-        if not isinstance(values[key], int):
-            raise FitsHeaderError(f"{name}: the {what} has no valid {key} card ({values[key]!r})")
-    naxis = values["NAXIS"]
+    bitpix = _mandatory_value(text, 1, "BITPIX")
+    naxis = _mandatory_value(text, 2, "NAXIS")
+    for key, value in (("BITPIX", bitpix), ("NAXIS", naxis)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FitsHeaderError(f"{name}: the {what} has no valid {key} card ({value!r})")
     if naxis == 0:
         return 0
     lengths = []
     for axis in range(1, naxis + 1):
-        length = _card_value(text, f"NAXIS{axis}")
+        length = _mandatory_value(text, 2 + axis, f"NAXIS{axis}")
         if not isinstance(length, int) or length < 0:
             raise FitsHeaderError(f"{name}: the {what} has no valid NAXIS{axis} card ({length!r})")
         lengths.append(length)
-    if text.startswith("SIMPLE") and lengths[0] == 0:
+    primary = text.startswith("SIMPLE")
+    groups = primary and lengths[0] == 0
+    if groups:
         lengths = lengths[1:]  # random groups: NAXIS1 = 0 is not a dimension
     count = 1
     for length in lengths:
         count *= length
-    pcount = _card_value(text, "PCOUNT")
-    gcount = _card_value(text, "GCOUNT")
-    pcount = pcount if isinstance(pcount, int) else 0
-    gcount = gcount if isinstance(gcount, int) else 1
-    return abs(values["BITPIX"]) // 8 * gcount * (pcount + count)
+    pcount, gcount = 0, 1
+    if not primary or groups:
+        # PCOUNT and GCOUNT follow the NAXISn cards of an extension (a binary table's heap is in PCOUNT).
+        pcount = _mandatory_value(text, 3 + naxis, "PCOUNT")
+        gcount = _mandatory_value(text, 4 + naxis, "GCOUNT")
+        pcount = pcount if isinstance(pcount, int) else 0
+        gcount = gcount if isinstance(gcount, int) else 1
+    return abs(bitpix) // 8 * gcount * (pcount + count)
 
 
 def _padded(nbytes: int) -> int:
@@ -316,16 +342,18 @@ def check_fits_size(path, primary_header: str | None = None):
 
 def _check_structure(descriptor, size: int, name: str, text: str):
     """Walk the HDUs of an open plain FITS file from header to header (data are skipped, never read)."""
-    nextend = _card_value(text, "NEXTEND")
+    # NEXTEND, where a writer gives it, comes with the first cards (a search of the whole ~1200-card primary
+    # header for a keyword that is mostly absent would cost more than the rest of this check).
+    nextend = _card_value(text[:NEXTEND_BLOCKS * BLOCK_SIZE], "NEXTEND")
     offset, index = 0, 0
     while True:
         what = "primary HDU" if index == 0 else f"HDU {index}"
-        extname = _card_value(text, "EXTNAME")
-        if extname:
-            what += f", {extname}"
         data_start = offset + _padded(len(text))
         data_end = data_start + _data_size(text, name, what)
         if size < data_end:
+            extname = _card_value(text, "EXTNAME")
+            if extname:
+                what += f", {extname}"
             # Later HDUs are unknown unless NEXTEND says this one is the last.
             at_least = not (isinstance(nextend, int) and index == nextend)
             raise FitsTruncatedError(f"{name}: truncated: {_sizes(size, _padded(data_end), at_least)} expected "
