@@ -20,7 +20,8 @@ from typing import Iterable, Mapping, Sequence
 from .errors import PipelineError
 from .recipes import format_parameter
 
-__all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "available_cpus",
+__all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "split_pinning_prefix",
+           "check_cpus", "available_cpus",
            "format_cpu_list", "EsorexLog", "parse_log", "pipeline_version", "recipe_parameters",
            "check_parameters", "EsorexError"]
 
@@ -125,6 +126,41 @@ def pinning_prefix(method: str, cpus: Sequence[int]) -> list:
     raise ValueError(f"pinning={method!r}: expected one of {', '.join(PINNING_METHODS)}")
 
 
+def split_pinning_prefix(argv: Sequence[str]) -> tuple:
+    """Undo :func:`pinning_prefix`: ``(method, cpu list text, command)`` of an argv.
+
+    ``['likwid-pin', '-q', '-c', '0-3', 'esorex', ...]`` -> ``('likwid', '0-3', ['esorex', ...])``; an argv
+    without a prefix gives ``('none', '', argv)``. The replay log uses it to write commands without this
+    machine's CPU ids.
+    """
+    argv = [str(item) for item in argv]
+    program = Path(argv[0]).name if argv else ""
+    if program == "likwid-pin":
+        rest = argv[1:]
+        while rest[:1] == ["-q"]:
+            rest = rest[1:]
+        if len(rest) >= 3 and rest[0] == "-c":
+            return PINNING_LIKWID, rest[1], rest[2:]
+    if program == "taskset" and len(argv) >= 4 and argv[1] in ("-c", "--cpu-list"):
+        return PINNING_TASKSET, argv[2], argv[3:]
+    return PINNING_NONE, "", argv
+
+
+def check_cpus(cpus: Sequence[int]) -> list:
+    """The CPU ids, sorted, if this process may run on all of them; else ValueError naming the others.
+
+    ``likwid-pin -c 0-23`` fails on a machine with fewer cores (and a cgroup may allow only some): the
+    CPU set must come from this machine (:func:`available_cpus`), not from a configuration written elsewhere.
+    """
+    wanted = sorted(set(int(cpu) for cpu in cpus))
+    available = available_cpus()
+    missing = [cpu for cpu in wanted if cpu not in available]
+    if missing:
+        raise ValueError(f"CPU id(s) {format_cpu_list(missing)} are not available to this process (it may use "
+                         f"{format_cpu_list(available)}); give CPU ids of this machine, or none to use them all")
+    return wanted
+
+
 def default_pinning() -> str:
     """``likwid`` when likwid-pin is installed (as in the original tool), else ``taskset``, else ``none``."""
     if shutil.which("likwid-pin"):
@@ -177,8 +213,10 @@ def build_command(recipe: str, sof, *, output_dir, log_dir, log_file: str, param
     if pinning == PINNING_LIKWID:
         spaced = [item for item in argv if " " in item]
         if spaced:
+            # No pinning helps: the SOF lists its files as 'path TAG' lines, which esorex splits on spaces.
             raise ValueError(f"likwid-pin splits arguments on spaces, so it cannot run {recipe} with "
-                             f"{spaced[0]!r}; rename the folder or use pinning='taskset'")
+                             f"{spaced[0]!r}; paths with spaces cannot work with esorex at all (its SOF lines "
+                             "are split on white space): use a link without spaces (see Troubleshooting)")
     return pinning_prefix(pinning, cpus) + argv
 
 
