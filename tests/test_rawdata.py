@@ -246,7 +246,7 @@ def _multi_extension(path, nchan=3, shape=(64, 64), nextend=False, compression=N
     """A raw-like file with ``nchan`` CHANnn extensions (8 kB of noise each by default)."""
     header = primary_header("CALIB", "BIAS", mjd=mjd)
     if nextend:
-        header["NEXTEND"] = nchan
+        header.insert("INSTRUME", ("NEXTEND", nchan))  # with the first cards, where writers put it
     exts = []
     rng = np.random.default_rng(1)
     for i in range(1, nchan + 1):
@@ -434,6 +434,12 @@ def test_disk_full_while_writing_tables_leaves_no_temporary_file(raw_folder, ful
     # The header cache is only a cache: not saved (a warning), the scan stands, nothing left behind.
     assert len(scan_raw(raw_folder, cache_file=full_disk / "cache.json").table) == 40
     assert sorted(p.name for p in full_disk.iterdir()) == ["Astro_Tables", "filler"]
+    # The engine's tables (products.py) behave the same.
+    from pymusepipe.products import _write_table_atomically
+
+    with pytest.raises(DiskFullError, match="muse_bias_jobs.fits"):
+        _write_table_atomically(scan.table, tables / "muse_bias_jobs.fits")
+    assert sorted(p.name for p in tables.iterdir()) == sorted([RAW_TABLE_NAME, EXCLUDED_TABLE_NAME])
 
 
 def test_disk_full_is_simulated_where_no_small_disk_can_be_mounted(raw_folder, tmp_path, monkeypatch):
@@ -454,4 +460,9 @@ def test_disk_full_is_simulated_where_no_small_disk_can_be_mounted(raw_folder, t
     monkeypatch.setattr(Table, "write", write_half_then_fail)
     with pytest.raises(DiskFullError, match=f"disk full .* while writing {tmp_path / 'T' / RAW_TABLE_NAME}"):
         write_scan_tables(scan, tmp_path / "T")
+    assert list((tmp_path / "T").iterdir()) == []
+    from pymusepipe.products import _write_table_atomically
+
+    with pytest.raises(DiskFullError, match="df -h"):
+        _write_table_atomically(scan.table, tmp_path / "T" / "muse_bias_products.fits")
     assert list((tmp_path / "T").iterdir()) == []
