@@ -9,6 +9,7 @@ reads no file. Nothing in ``Raw/`` is ever written, moved or deleted.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
@@ -160,17 +161,26 @@ def _night_of(mjd: float) -> str:
     # Paranal is at UTC-4/-3: shifting by 12 h gives the date of the evening the night started.
     if not math.isfinite(mjd):
         return ""
-    return (_MJD_ZERO + datetime.timedelta(days=mjd - 0.5)).strftime("%Y-%m-%d")
+    return _night_of_day(math.floor(mjd - 0.5))
+
+
+@functools.lru_cache(maxsize=4096)
+def _night_of_day(day: int) -> str:
+    # One strftime per night, not per frame (a rescan is mostly this kind of bookkeeping).
+    return (_MJD_ZERO + datetime.timedelta(days=day)).strftime("%Y-%m-%d")
+
+
+_LAMP_CARDS = [(f"ESO INS LAMP{i} NAME", f"ESO INS LAMP{i} ST", f"ESO INS SHUT{i} ST") for i in range(1, MAX_LAMPS + 1)]
 
 
 def _lamps_on(header: dict) -> str:
     names = []
-    for i in range(1, MAX_LAMPS + 1):
-        name = header.get(f"ESO INS LAMP{i} NAME")
+    for name_key, state_key, shutter_key in _LAMP_CARDS:
+        name = header.get(name_key)
         if name is None:
             continue
-        shutter_open = header.get(f"ESO INS SHUT{i} ST", True)
-        if header.get(f"ESO INS LAMP{i} ST") is True and shutter_open is True:
+        shutter_open = header.get(shutter_key, True)
+        if header.get(state_key) is True and shutter_open is True:
             names.append(instrument.CALIBRATION_LAMPS.get(str(name), str(name).replace("CU-LAMP-", "")))
     return ",".join(dict.fromkeys(names))
 
@@ -189,18 +199,20 @@ def _as_int(value) -> int:
         return -1
 
 
+_HEADER_COLUMNS = [(column, kind, keyword) for column, (kind, keyword) in RAW_COLUMNS.items() if keyword]
+
+
 def _row_from_header(path: Path, header: dict, tag: str, size: int, mtime: float) -> dict:
     row = {}
-    for column, (kind, keyword) in RAW_COLUMNS.items():
-        if keyword is None:
-            continue
-        value = header.get(keyword)
-        if kind is float:
-            row[column] = _as_float(value)
-        elif kind is int:
-            row[column] = _as_int(value)
+    get = header.get
+    for column, kind, keyword in _HEADER_COLUMNS:
+        value = get(keyword)
+        if kind is str:
+            row[column] = "" if value is None else value if type(value) is str else str(value)
+        elif kind is float:
+            row[column] = value if type(value) is float else _as_float(value)
         else:
-            row[column] = "" if value is None else str(value)
+            row[column] = value if type(value) is int else _as_int(value)
     row.update(filename=str(path), tag=tag, night=_night_of(row["mjd_obs"]), lamps=_lamps_on(header),
                size=size, mtime=mtime)
     return row
