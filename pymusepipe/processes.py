@@ -294,8 +294,10 @@ class _Running:
         """Wait up to ``timeout`` s for the leader to exit, without reaping it (its pid stays reserved, so
         killing its group afterwards cannot hit a stranger)."""
         if self.pidfd is not None:
-            ready, _, _ = select.select([self.pidfd], [], [], max(0.0, timeout))
-            return bool(ready)
+            # poll, not select: a Dask worker may hold more than FD_SETSIZE (1024) descriptors.
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            return bool(poller.poll(max(0.0, timeout) * 1000.0))
         try:
             self.process.wait(timeout=max(0.0, timeout))
             return True
