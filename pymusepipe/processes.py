@@ -28,10 +28,12 @@ Known window: between the ``fork`` of a command and its registration with the wa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -53,6 +55,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE = 5.0
 #: Seconds between two looks at a cancellation event while a command runs.
 _POLL_INTERVAL = 0.2
+#: Seconds to wait for killed processes to be gone.
+_KILL_WAIT = 5.0
 
 
 def process_table() -> dict:
@@ -317,10 +321,25 @@ class _Running:
         return victims
 
     def end_stop(self, victims, deadline):
-        """Wait for the leader until ``deadline``, then SIGKILL whatever is left."""
+        """Wait for the leader until ``deadline``, then SIGKILL whatever is left and wait until it is gone
+        (the caller may clean the job's folder next: nothing of the command may still write there)."""
         if self.process.returncode is None:
             self.wait_exit(deadline - time.monotonic())
-            self.signal_group(signal.SIGKILL, alive(victims))
+            self.kill_rest(victims)
+
+    def kill_rest(self, victims=()):
+        """SIGKILL the group and ``victims``, and wait (a few seconds at most) until none of them runs."""
+        if self.process.returncode is not None:
+            return
+        remaining = alive(victims) | tree_members({self.process.pid})
+        limit = time.monotonic() + _KILL_WAIT
+        while remaining and time.monotonic() < limit:
+            self.signal_group(signal.SIGKILL, remaining)
+            time.sleep(0.01)
+            remaining = alive(remaining) | tree_members({self.process.pid})
+        if remaining:
+            logger.warning("processes %s of %s survive SIGKILL (uninterruptible I/O?)",
+                           sorted(remaining), shlex.join(self.argv))
 
     def stop(self, grace: float):
         """SIGTERM to the whole tree, SIGKILL after ``grace`` s (also to members outliving the leader)."""
@@ -335,6 +354,51 @@ class _Running:
 
 _RUNNING: dict = {}           # leader pid -> _Running
 _RUNNING_LOCK = threading.Lock()
+_GENERATION = [0]             # calls of terminate_all(), to catch commands starting meanwhile
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """In the main thread, hold back the Python-level SIGINT/SIGTERM/SIGHUP handlers (KeyboardInterrupt)
+    during the block. Yields a list: the held-back ``(handler, signum, frame)``, for the caller to run
+    (:func:`_deliver`) where it can clean up; delivered at once if the block raises. Other threads never
+    receive these signals and need nothing."""
+    pending = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    previous = {}
+
+    def record(signum, frame):
+        pending.append((previous[signum], signum, frame))
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            try:
+                previous[signum] = signal.signal(signum, record)
+            except (ValueError, OSError):
+                pass
+    try:
+        yield pending
+    except BaseException:
+        _restore(previous)
+        _deliver(pending)  # the user's Ctrl-C wins over the error
+        raise
+    _restore(previous)
+
+
+def _restore(previous):
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _deliver(pending):
+    """Run the first held-back signal handler (it raises KeyboardInterrupt, or Terminated)."""
+    if pending:
+        handler, signum, frame = pending[0]
+        del pending[:]
+        handler(signum, frame)
 
 
 def _after_fork_in_child():
@@ -438,14 +502,22 @@ def run_command(argv: Sequence[str], *, cwd=None, env: Mapping[str, str] | None 
     start = time.monotonic()
     if cancel_event is not None and cancel_event.is_set():
         return CommandOutcome(returncode=-signal.SIGTERM, duration=0.0, cancelled=True)
-    process = _start(argv, cwd, env, stdout_path, append)
-    entry = _Running(process, argv)
     with _RUNNING_LOCK:
-        _RUNNING[process.pid] = entry
-    _WATCHDOG.register(process.pid)
+        generation = _GENERATION[0]
+    # From fork to registration, Ctrl-C must wait: raised inside Popen (which returns only once the child
+    # has exec'ed) it would leave a running command that nobody knows about.
+    with _signals_deferred() as pending:
+        process = _start(argv, cwd, env, stdout_path, append)
+        entry = _Running(process, argv)
+        with _RUNNING_LOCK:
+            _RUNNING[process.pid] = entry
+            # terminate_all() ran while this command was starting: it is cancelled too.
+            entry.cancelled = _GENERATION[0] != generation
+        _WATCHDOG.register(process.pid)
     try:
+        _deliver(pending)  # a Ctrl-C that came while starting: raised here, where the command is stopped
         deadline = None if timeout is None else start + float(timeout)
-        while True:
+        while not entry.cancelled:
             slice_ = _POLL_INTERVAL if cancel_event is not None else 3600.0
             if deadline is not None:
                 slice_ = min(slice_, deadline - time.monotonic())
@@ -459,8 +531,10 @@ def run_command(argv: Sequence[str], *, cwd=None, env: Mapping[str, str] | None 
                 entry.timed_out = True
                 entry.stop(grace)
                 break
+        if entry.cancelled and entry.process.returncode is None:
+            entry.stop(grace)  # cancelled by terminate_all() while starting (a no-op if it is stopping it)
         # The leader has exited but is not reaped yet: whatever it left behind in its group goes too.
-        entry.signal_group(signal.SIGKILL)
+        entry.kill_rest()
     except BaseException:
         # KeyboardInterrupt or another exception in this thread: never leave the command behind.
         entry.cancelled = True
@@ -489,6 +563,7 @@ def terminate_all(grace: float = DEFAULT_GRACE) -> int:
         How many commands were stopped.
     """
     with _RUNNING_LOCK:
+        _GENERATION[0] += 1
         entries = list(_RUNNING.values())
     victims = {}
     for entry in entries:
