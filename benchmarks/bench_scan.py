@@ -1,7 +1,8 @@
 """Benchmark: scanning a raw folder of 1000 MUSE-like files with ~1200-card primary headers.
 
 Prints files/s for a first scan (no header cache; the OS page cache is warm, as after a download) and a
-rescan of the unchanged folder (header cache hit), and compares with astropy's ``getheader``.
+rescan of the unchanged folder (header cache hit), each the best of 3, and compares with astropy's
+``getheader``.
 Targets (issue 2): >= 500 files/s cold, >= 10,000 files/s on rescan.
 
 The scan also checks that no file is truncated, walking from header to header. ``--extensions 24`` makes
@@ -25,6 +26,7 @@ from rawframes import primary_header  # noqa: E402
 
 from pymusepipe.rawdata import scan_raw  # noqa: E402
 
+REPEATS = 3
 TYPES = [("CALIB", "BIAS"), ("CALIB", "FLAT,LAMP"), ("CALIB", "WAVE"), ("SCIENCE", "OBJECT"), ("CALIB", "STD")]
 
 
@@ -68,12 +70,17 @@ def main(nfiles=1000, extensions=0):
                 fits.PrimaryHDU(header=header).writeto(raw / f"MUSE.{i:05d}.fits")
             header_size = header_size or len(header)
         cache = Path(tmp) / "cache.json"
-        start = time.perf_counter()
-        cold = scan_raw(raw, cache_file=cache)
-        t_cold = time.perf_counter() - start
-        start = time.perf_counter()
-        warm = scan_raw(raw, cache_file=cache)
-        t_warm = time.perf_counter() - start
+        # Best of REPEATS: the machine is shared, and a single 0.1 s timing mostly measures the neighbours.
+        t_cold = t_warm = float("inf")
+        for _ in range(REPEATS):
+            cache.unlink(missing_ok=True)
+            start = time.perf_counter()
+            cold = scan_raw(raw, cache_file=cache)
+            t_cold = min(t_cold, time.perf_counter() - start)
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            warm = scan_raw(raw, cache_file=cache)
+            t_warm = min(t_warm, time.perf_counter() - start)
         files = sorted(raw.iterdir())[:200]
         start = time.perf_counter()
         for path in files:
@@ -82,8 +89,10 @@ def main(nfiles=1000, extensions=0):
     assert len(cold.table) == len(warm.table) == nfiles and warm.nread == 0, cold.summary()
     what = f" + {extensions} extensions of 4224 x 4240 16-bit pixels (sparse)" if extensions else ""
     print(f"{nfiles} files, {header_size} cards per primary header{what}")
-    print(f"first scan (no header cache): {t_cold:.2f} s = {nfiles / t_cold:,.0f} files/s (target >= 500)")
-    print(f"rescan, unchanged folder:     {t_warm:.3f} s = {nfiles / t_warm:,.0f} files/s (target >= 10,000)")
+    print(f"first scan (no header cache): {t_cold:.2f} s = {nfiles / t_cold:,.0f} files/s (target >= 500; "
+          f"best of {REPEATS})")
+    print(f"rescan, unchanged folder:     {t_warm:.3f} s = {nfiles / t_warm:,.0f} files/s (target >= 10,000; "
+          f"best of {REPEATS})")
     print(f"astropy getheader, for comparison: {1 / t_astropy:,.0f} files/s")
 
 
