@@ -172,15 +172,19 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
-def _install_signal_handlers():
+def _install_signal_handlers() -> dict:
     """SIGTERM and SIGHUP stop the run like Ctrl-C (jobs stopped, locks released), where nobody else
-    handles them already."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    handles them already. Returns the handlers replaced (SIGINT's included: a second Ctrl-C changes it)."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            if signal.getsignal(signum) == signal.SIG_DFL:
+            handler = signal.getsignal(signum)
+            previous[signum] = handler
+            if signum != signal.SIGINT and handler == signal.SIG_DFL:
                 signal.signal(signum, _raise_terminated)
         except (ValueError, OSError):  # not the main thread, or not supported
-            pass
+            previous.pop(signum, None)
+    return previous
 
 
 def _stop_now(signum, frame):
@@ -195,7 +199,7 @@ def error_line(error: BaseException) -> str | None:
     from .errors import PipelineError, from_os_error
 
     if isinstance(error, OSError) and not isinstance(error, PipelineError):
-        error = from_os_error(error, action="reading or writing")
+        error = from_os_error(error, action=None)
     if isinstance(error, ConfigError):
         text = f"configuration error: {error}"
     elif isinstance(error, (PipelineError, OSError)):
@@ -218,7 +222,15 @@ _KNOWN_ERROR_NAMES = {"StepFailedError", "StepInputError", "MissingCalibrationEr
 
 def run_handler(handler, args, debug: bool = False) -> int:
     """Run a subcommand's handler and turn what goes wrong into one line and an exit status."""
-    _install_signal_handlers()
+    previous = _install_signal_handlers()
+    try:
+        return _run_handler(handler, args, debug)
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+
+
+def _run_handler(handler, args, debug: bool) -> int:
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt as interrupt:

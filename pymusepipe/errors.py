@@ -114,7 +114,7 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def from_os_error(error: OSError, path=None, action: str = "writing") -> Exception:
+def from_os_error(error: OSError, path=None, action: str | None = "writing") -> Exception:
     """The :class:`PipelineError` saying what an ``OSError`` means for the user, naming the file.
 
     Parameters
@@ -124,8 +124,9 @@ def from_os_error(error: OSError, path=None, action: str = "writing") -> Excepti
     path : str or Path, optional
         The file being read or written (``error.filename`` when not given; writes of an open file do not
         set it).
-    action : str
-        ``'writing'`` or ``'reading'``, for the message.
+    action : str or None
+        ``'writing'``, ``'reading'``..., for the message; None when unknown (the message then says
+        ``writing`` for a full disk, ``accessing`` for a permission, nothing otherwise).
 
     Returns
     -------
@@ -142,18 +143,19 @@ def from_os_error(error: OSError, path=None, action: str = "writing") -> Excepti
     if code in (errno.ENOSPC, errno.EDQUOT):
         what = "disk quota exceeded" if code == errno.EDQUOT else "disk full (no space left on device)"
         folder = Path(path).parent if path else Path.cwd()
-        new = DiskFullError(f"{what} while {action}{where}",
+        new = DiskFullError(f"{what} while {action or 'writing'}{where}",
                             f"free space on {_mount_point(folder)} (df -h {folder}), then {RESUME_HINT}")
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "read-only file system" if code == errno.EROFS else "permission denied"
-        new = PermissionDeniedError(f"{why} while {action}{where}",
+        new = PermissionDeniedError(f"{why} while {action or 'accessing'}{where}",
                                     "check the owner and permissions of that file and its folder (ls -ld), "
                                     "or choose a folder you can write to")
     elif code == errno.ENOENT:
         new = MissingPathError(f"no such file or folder{where}",
                                "check the path (moved or deleted files, a typo in the configuration)")
     elif code is not None:
-        new = PipelineError(f"{error.strerror or error} while {action}{where}")
+        doing = f" while {action}" if action else ""
+        new = PipelineError(f"{error.strerror or error}{doing}{where}")
     else:
         return error
     new.errno = code

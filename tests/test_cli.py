@@ -147,9 +147,9 @@ def _raising(error):
 
 @pytest.mark.parametrize("error, status, expected", [
     (OSError(errno.ENOSPC, "No space left on device", "/data/P01/Astro_Tables/x.fits"), 1,
-     "disk full (no space left on device) while reading or writing /data/P01/Astro_Tables/x.fits; free space on"),
+     "disk full (no space left on device) while writing /data/P01/Astro_Tables/x.fits; free space on"),
     (PermissionError(errno.EACCES, "Permission denied", "/data/P01/Sof"), 1,
-     "permission denied while reading or writing /data/P01/Sof; check the owner"),
+     "permission denied while accessing /data/P01/Sof; check the owner"),
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/offsets.fits"), 1,
      "no such file or folder /data/offsets.fits"),
     (LockHeldError("/data/P01 is in use by another pymusepipe run: pid 12 on host a", "wait for it"), 1,
@@ -157,12 +157,17 @@ def _raising(error):
     (StepFailedError("step bias failed: muse_bias_2025 exited with code 255: cannot read MASTER_BIAS.fits",
                      "fix it and rerun to resume"), 1, "step bias failed: muse_bias_2025 exited with code 255"),
     (ValueError("unknown step 'bais'; steps are bias, flat"), 1, "unknown step 'bais'"),
+    (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), 1, "Connection refused"),
+    (OSError("raw folder /data/T/P01/Raw does not exist: put the raw files there"), 1,
+     "raw folder /data/T/P01/Raw does not exist: put the raw files there"),
     (UsageError("--cpus 'x': expected CPU ids"), 2, "--cpus 'x': expected CPU ids"),
     (type("StepInputError", (RuntimeError,), {})("flat: 2 required calibration(s) missing:\n  a\n  b"), 1,
      "flat: 2 required calibration(s) missing (and 2 more line(s): rerun with --debug to see them)"),
 ])
 def test_known_errors_become_one_line(capsys, error, status, expected):
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
     assert run_handler(_raising(error), None) == status
+    assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == handlers
     err = capsys.readouterr().err
     assert _one_error_line(err).startswith(f"pymusepipe: error: {expected}"), err
 
