@@ -47,7 +47,7 @@ from typing import Mapping, Sequence
 from .errors import ExecutableNotFoundError, MissingPathError, from_os_error
 
 __all__ = ["CommandOutcome", "run_command", "terminate_all", "running_commands", "watchdog_pid",
-           "DEFAULT_GRACE"]
+           "process_table", "tree_members", "alive", "signal_tree", "DEFAULT_GRACE"]
 
 logger = logging.getLogger(__name__)
 
