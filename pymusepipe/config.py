@@ -16,18 +16,56 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .errors import PipelineError
 from .layout import DEFAULT_FOLDERS
 
 __all__ = ["ConfigError", "PipelineConfig", "read_key_value_file", "read_rc_file", "read_calib_file",
            "RC_KEYS", "CALIB_KEYS", "render_rc_template", "render_calib_template"]
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A configuration file or setting is wrong; the message names the file, line or setting at fault."""
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _link_suggestion(path: Path) -> Path:
+    """Where a link without white space to ``path`` could go: the home folder, else /tmp."""
+    name = re.sub(r"\s+", "_", path.name) or "muse_link"
+    for base in (Path.home(), Path("/tmp")):
+        if not _WHITESPACE.search(str(base)):
+            return base / name
+    return Path("/tmp") / name
+
+
+def refuse_whitespace(key: str, value, where: str, *, name: bool = False):
+    """Raise :class:`ConfigError` if a path (or, with ``name=True``, a file or folder name) has white space.
+
+    esorex reads its SOF files as ``<path> <TAG>`` lines split on white space, so a file under such a path
+    can never reach a recipe, whatever the pinning: better to say so when the configuration is read than
+    after hours of reduction. For a path the hint gives the exact ``ln -s`` command of the way out.
+    """
+    text = str(value)
+    match = _WHITESPACE.search(text)
+    if not match:
+        return
+    what = {" ": "a space", "\t": "a tab"}.get(match.group(), "white space")
+    problem = (f"{key} = {text!r} (from {where}) contains {what}: esorex reads SOF files as 'path TAG' lines split "
+               "on white space, so no recipe could read a file ")
+    if name:
+        raise ConfigError(problem + "with this name", "choose (or rename the file to) a name without white space")
+    link = _link_suggestion(Path(text))
+    setting = f"set '{key} {link}' in {where}" if where != "argument" else f"pass {key}={str(link)!r}"
+    raise ConfigError(problem + "under this path",
+                      f"make a link without spaces and use it: ln -s {shlex.quote(text)} {shlex.quote(str(link))}, "
+                      f"then {setting}")
 
 
 #: Keys of ``rc.dic``: key -> (required, description).
@@ -220,6 +258,7 @@ class PipelineConfig:
 
         def folder(key):
             path = expand_path(settings[key])
+            refuse_whitespace(key, path, where(key))
             if not path.is_dir():
                 raise ConfigError(f"{key} = {path} (from {where(key)}) is not an existing folder")
             return path
@@ -231,7 +270,10 @@ class PipelineConfig:
         musecalib = folder("musecalib")
         root = folder("root")
         musecalib_time = folder("musecalib_time") if settings.get("musecalib_time") else None
+        for key, name in folders.items():
+            refuse_whitespace(f"folder_{key}", name, where("folders"), name=True)
         for key, name in calib.items():
+            refuse_whitespace(key, name, where("calib_tables"), name=True)
             if not CALIB_KEYS[key][1] and key not in given and not (musecalib / name).exists():
                 continue  # optional (vignetting mask for data before 2017-03, Raman lines for AO): checked when used
             if not (musecalib / name).is_file():

@@ -17,13 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .errors import PipelineError
 from .recipes import format_parameter
 
-__all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "available_cpus",
+__all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "split_pinning_prefix",
+           "check_cpus", "available_cpus",
            "format_cpu_list", "EsorexLog", "parse_log", "pipeline_version", "recipe_parameters",
            "check_parameters", "EsorexError"]
 
 logger = logging.getLogger(__name__)
+
+ESOREX_INSTALL_HINT = ("install the ESO pipeline (apt-get install esorex cpl-plugin-muse, or ESO's pipeline kit) "
+                       "or put esorex on PATH")
 
 PINNING_LIKWID = "likwid"
 PINNING_TASKSET = "taskset"
@@ -31,7 +36,7 @@ PINNING_NONE = "none"
 PINNING_METHODS = (PINNING_LIKWID, PINNING_TASKSET, PINNING_NONE)
 
 
-class EsorexError(RuntimeError):
+class EsorexError(PipelineError, RuntimeError):
     """esorex cannot be found or cannot be asked something."""
 
 
@@ -121,6 +126,41 @@ def pinning_prefix(method: str, cpus: Sequence[int]) -> list:
     raise ValueError(f"pinning={method!r}: expected one of {', '.join(PINNING_METHODS)}")
 
 
+def split_pinning_prefix(argv: Sequence[str]) -> tuple:
+    """Undo :func:`pinning_prefix`: ``(method, cpu list text, command)`` of an argv.
+
+    ``['likwid-pin', '-q', '-c', '0-3', 'esorex', ...]`` -> ``('likwid', '0-3', ['esorex', ...])``; an argv
+    without a prefix gives ``('none', '', argv)``. The replay log uses it to write commands without this
+    machine's CPU ids.
+    """
+    argv = [str(item) for item in argv]
+    program = Path(argv[0]).name if argv else ""
+    if program == "likwid-pin":
+        rest = argv[1:]
+        while rest[:1] == ["-q"]:
+            rest = rest[1:]
+        if len(rest) >= 3 and rest[0] == "-c":
+            return PINNING_LIKWID, rest[1], rest[2:]
+    if program == "taskset" and len(argv) >= 4 and argv[1] in ("-c", "--cpu-list"):
+        return PINNING_TASKSET, argv[2], argv[3:]
+    return PINNING_NONE, "", argv
+
+
+def check_cpus(cpus: Sequence[int]) -> list:
+    """The CPU ids, sorted, if this process may run on all of them; else ValueError naming the others.
+
+    ``likwid-pin -c 0-23`` fails on a machine with fewer cores (and a cgroup may allow only some): the
+    CPU set must come from this machine (:func:`available_cpus`), not from a configuration written elsewhere.
+    """
+    wanted = sorted(set(int(cpu) for cpu in cpus))
+    available = available_cpus()
+    missing = [cpu for cpu in wanted if cpu not in available]
+    if missing:
+        raise ValueError(f"CPU id(s) {format_cpu_list(missing)} are not available to this process (it may use "
+                         f"{format_cpu_list(available)}); give CPU ids of this machine, or none to use them all")
+    return wanted
+
+
 def default_pinning() -> str:
     """``likwid`` when likwid-pin is installed (as in the original tool), else ``taskset``, else ``none``."""
     if shutil.which("likwid-pin"):
@@ -173,13 +213,33 @@ def build_command(recipe: str, sof, *, output_dir, log_dir, log_file: str, param
     if pinning == PINNING_LIKWID:
         spaced = [item for item in argv if " " in item]
         if spaced:
+            # No pinning helps: the SOF lists its files as 'path TAG' lines, which esorex splits on spaces.
             raise ValueError(f"likwid-pin splits arguments on spaces, so it cannot run {recipe} with "
-                             f"{spaced[0]!r}; rename the folder or use pinning='taskset'")
+                             f"{spaced[0]!r}; paths with spaces cannot work with esorex at all (its SOF lines "
+                             "are split on white space): use a link without spaces (see Troubleshooting)")
     return pinning_prefix(pinning, cpus) + argv
 
 
 _ERROR_LINE = re.compile(r"\[\s*ERROR\s*\]")
 _WARNING_LINE = re.compile(r"\[\s*WARNING\s*\]")
+# "12:00:00 [ ERROR ] function: [tid=000] message" (the log) or "[ ERROR ] esorex: message" (stdout).
+_MESSAGE = re.compile(r"\[\s*ERROR\s*\]\s*(?:(?P<function>[\w.]*):\s*)?(?:\[tid=\d+\]\s*)?(?P<message>.*)$")
+# A line of muse_cplerrorstate_dump_some: "[2/5] 'message' (code) at function:file.c:123".
+_DUMPED = re.compile(r"^\[\d+/\d+\]\s+'(?P<message>.*)'\s+\(\d+\)\s+at\s+\S+$")
+# Follow-on and bookkeeping lines: never the cause.
+_NOT_A_CAUSE = re.compile(r"^(Dumping the \d+ most recent error|Found \d+ error\(s\)|Execution of recipe .* failed"
+                          r"|Problem occurred loading frameset|A user-defined error$|An unspecified error$"
+                          r"|Bad file format$|Data not found$|Illegal input$|File not found$)")
+# A file esorex or a recipe could not read or open, with the file's name in one of these forms.
+_FILE_PROBLEM = re.compile(r"CFITSIO|could not be (?:read|loaded|opened)|could not (?:load|open|read)"
+                           r"|No such file|Data not found: filename=", re.IGNORECASE)
+_FILENAMES = (re.compile(r"filename='(?P<path>[^']+)'"),
+              re.compile(r"input file '(?P<path>[^']+)'"),
+              re.compile(r'"(?P<path>/[^"\[]+)(?:\[(?P<ext>[^\]]+)\])?"'))
+_EXTENSION = re.compile(r"extension (?P<ext>[\w.]+) from")
+_CFITSIO_TEXT = re.compile(r'"(?P<text>[^"]+)" from CFITSIO[^)]*\)\s*(?P<call>\w+)\(\)=(?P<status>\d+)')
+_MISSING_TAG = re.compile(r"found \d+ (?:input )?frames? with tag|No valid raw tag|no .* found in input",
+                          re.IGNORECASE)
 
 
 @dataclass
@@ -194,20 +254,114 @@ class EsorexLog:
     n_warnings : int
     tail : list of str
         Last lines, to show the user when a run failed.
+    headline : str
+        The first real cause of a failure, in one line ('' when there is no error): a file that could not
+        be read (with what is wrong with it now: truncated, missing), else a missing input tag, else the
+        first error that is not a follow-on of another one.
+    cause_path : str
+        The file at fault, when the headline names one.
     """
 
     path: Path
     errors: list = field(default_factory=list)
     n_warnings: int = 0
     tail: list = field(default_factory=list)
+    headline: str = ""
+    cause_path: str = ""
 
     @property
     def has_errors(self) -> bool:
         return bool(self.errors)
 
 
-def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
-    """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail."""
+def _error_message(line: str) -> str:
+    """The message of an ``[ERROR]`` line, without time, function and thread; unwrapped if dumped."""
+    match = _MESSAGE.search(line)
+    message = (match.group("message") if match else line).strip()
+    dumped = _DUMPED.match(message)
+    message = dumped.group("message").strip() if dumped else message
+    # CPL's generic prefix of errors raised by the recipes says nothing.
+    return message[len("A user-defined error: "):] if message.startswith("A user-defined error: ") else message
+
+
+def _file_state(path: str) -> str:
+    """What is wrong with a file now, in a few words ('' if nothing is visibly wrong)."""
+    from .fitsheader import FitsHeaderError, check_fits_size
+
+    if not os.path.exists(path):
+        return "it does not exist"
+    try:
+        check_fits_size(path)
+    except FitsHeaderError as error:
+        return str(error).replace(f"{path}: ", "")
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    return ""
+
+
+def _file_headline(messages, check_files: bool):
+    """(headline, path) for the first file that could not be read, or None."""
+    for index, message in enumerate(messages):
+        if not _FILE_PROBLEM.search(message):
+            continue
+        path = extension = None
+        for pattern in _FILENAMES:
+            match = pattern.search(message)
+            if match:
+                path = match.group("path")
+                extension = match.groupdict().get("ext")
+                break
+        if not path:
+            continue
+        extension = extension or (_EXTENSION.search(message).group("ext") if _EXTENSION.search(message) else None)
+        # The library's own words for the same file (CFITSIO's text and status) say most about why.
+        detail = ""
+        for other in messages[index:]:
+            cfitsio = _CFITSIO_TEXT.search(other)
+            if cfitsio and path in other:
+                detail = f"{cfitsio.group('text')} (CFITSIO status {cfitsio.group('status')})"
+                break
+        if not detail:
+            detail = "the file could not be opened" if "open" in message.lower() else message
+        where = f"{path} (extension {extension})" if extension else path
+        headline = f"cannot read {where}: {detail}"
+        state = _file_state(path) if check_files else ""
+        if state:
+            headline += f"; now: {state}"
+        return headline, path
+    return None
+
+
+def _headline(messages, check_files: bool):
+    causes = [message for message in messages if message and not _NOT_A_CAUSE.match(message)]
+    found = _file_headline(causes, check_files)
+    if found:
+        return found
+    for message in causes:
+        if _MISSING_TAG.search(message):
+            return f"missing input: {message}", ""
+    return (causes[0] if causes else (messages[0] if messages else "")), ""
+
+
+def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: bool = True) -> EsorexLog:
+    """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail, and
+    the headline: the first real cause of a failure.
+
+    Recipes report a failure several times: the cause (CFITSIO cannot read a truncated master), then its
+    consequences ("Required 1, found 0 frames with tag MASTER_BIAS", "Execution of recipe failed"). The
+    headline is the cause: a file that cannot be read or opened first, then a missing tag, then the first
+    other error.
+
+    Parameters
+    ----------
+    path : path
+        esorex's log (``--log-file``) or its captured stdout.
+    tail_lines, max_errors : int
+        Lines kept for the tail and the error list.
+    check_files : bool
+        Look at the file the headline names (exists? truncated? via :func:`~pymusepipe.fitsheader.check_fits_size`,
+        headers only) and say what is wrong with it now.
+    """
     from collections import deque
 
     path = Path(path)
@@ -215,6 +369,7 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
     if not path.is_file():
         return summary
     tail = deque(maxlen=tail_lines)
+    messages = []
     with path.open(errors="replace") as stream:
         for line in stream:
             line = line.rstrip("\n")
@@ -222,9 +377,12 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50) -> EsorexLog:
             if _ERROR_LINE.search(line):
                 if len(summary.errors) < max_errors:
                     summary.errors.append(line.strip())
+                    messages.append(_error_message(line))
             elif _WARNING_LINE.search(line):
                 summary.n_warnings += 1
     summary.tail = list(tail)
+    if messages:
+        summary.headline, summary.cause_path = _headline(messages, check_files)
     return summary
 
 
@@ -238,7 +396,7 @@ def pipeline_version(esorex: str = "esorex", recipe: str = "muse_bias") -> str:
         If esorex or the recipe cannot be found.
     """
     if shutil.which(esorex) is None:
-        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH", ESOREX_INSTALL_HINT)
     try:
         # esorex writes a log even for --man-page: keep it out of the user's folders.
         with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
@@ -263,7 +421,7 @@ def recipe_parameters(recipe: str, esorex: str = "esorex") -> frozenset:
         If esorex is missing or does not know the recipe.
     """
     if shutil.which(esorex) is None:
-        raise EsorexError(f"esorex executable {esorex!r} not found on PATH")
+        raise EsorexError(f"esorex executable {esorex!r} not found on PATH", ESOREX_INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="pymusepipe_esorex_") as scratch:
         result = subprocess.run([esorex, f"--log-dir={scratch}", "--params", recipe], capture_output=True,
                                 text=True, timeout=60)

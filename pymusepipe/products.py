@@ -197,16 +197,24 @@ def _table_to_records(table: Table, record_type) -> list:
 
 
 def write_table_atomically(table: Table, path: Path):
-    """Write then rename, so a reader never sees a half-written table; no temporary file survives an error
-    (a full disk, for instance)."""
+    """Write then rename, so a reader never sees a half-written table; a failure (disk full) leaves neither
+    a temporary file nor a damaged table, and is raised as a :class:`~pymusepipe.errors.PipelineError`
+    (``DiskFullError``, ``PermissionDeniedError``) naming the table."""
+    from .errors import from_os_error  # here: only this function of the module is the fault helper's
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         table.write(temporary, format="fits", overwrite=True)
         os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise from_os_error(error, path, "writing") from error
         raise
 
 

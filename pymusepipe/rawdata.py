@@ -9,12 +9,13 @@ reads no file. Nothing in ``Raw/`` is ever written, moved or deleted.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
 import os
 import re
-import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ import numpy as np
 from astropy.table import Table
 
 from . import instrument
-from .fitsheader import FitsHeaderError, read_primary_header
+from .errors import MissingPathError, from_os_error
+from .fitsheader import FitsHeaderError, FitsReadError, FitsTruncatedError, read_primary_header_checked
 
 __all__ = ["RawFolderError", "RawScan", "scan_raw", "RAW_COLUMNS", "FITS_SUFFIXES",
            "RAW_TABLE_NAME", "EXCLUDED_TABLE_NAME", "write_scan_tables", "read_scan_tables"]
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 FITS_SUFFIXES = (".fits", ".fits.fz", ".fits.gz")
 RAW_TABLE_NAME = "RAW_rawfiles_list_table.fits"
 EXCLUDED_TABLE_NAME = "RAW_excluded_list_table.fits"
-CACHE_VERSION = 1
+# 2: headers read with the size check (a version-1 cache may hold truncated files as good ones).
+CACHE_VERSION = 2
 MAX_LAMPS = 8
 
 #: Columns of the raw table: name -> (numpy dtype, header keyword or None when derived).
@@ -71,7 +74,7 @@ HEADER_KEYWORDS = frozenset([kw for _, kw in RAW_COLUMNS.values() if kw] + ["INS
 _DUPLICATE_PATTERN = re.compile(r"^(?P<base>.+\.fits(?:\.fz|\.gz)?)(?:\.\d+|\s*\(\d+\))$")
 
 
-class RawFolderError(FileNotFoundError):
+class RawFolderError(MissingPathError):
     """The raw folder does not exist or is not a folder."""
 
 
@@ -158,17 +161,26 @@ def _night_of(mjd: float) -> str:
     # Paranal is at UTC-4/-3: shifting by 12 h gives the date of the evening the night started.
     if not math.isfinite(mjd):
         return ""
-    return (_MJD_ZERO + datetime.timedelta(days=mjd - 0.5)).strftime("%Y-%m-%d")
+    return _night_of_day(math.floor(mjd - 0.5))
+
+
+@functools.lru_cache(maxsize=4096)
+def _night_of_day(day: int) -> str:
+    # One strftime per night, not per frame (a rescan is mostly this kind of bookkeeping).
+    return (_MJD_ZERO + datetime.timedelta(days=day)).strftime("%Y-%m-%d")
+
+
+_LAMP_CARDS = [(f"ESO INS LAMP{i} NAME", f"ESO INS LAMP{i} ST", f"ESO INS SHUT{i} ST") for i in range(1, MAX_LAMPS + 1)]
 
 
 def _lamps_on(header: dict) -> str:
     names = []
-    for i in range(1, MAX_LAMPS + 1):
-        name = header.get(f"ESO INS LAMP{i} NAME")
+    for name_key, state_key, shutter_key in _LAMP_CARDS:
+        name = header.get(name_key)
         if name is None:
             continue
-        shutter_open = header.get(f"ESO INS SHUT{i} ST", True)
-        if header.get(f"ESO INS LAMP{i} ST") is True and shutter_open is True:
+        shutter_open = header.get(shutter_key, True)
+        if header.get(state_key) is True and shutter_open is True:
             names.append(instrument.CALIBRATION_LAMPS.get(str(name), str(name).replace("CU-LAMP-", "")))
     return ",".join(dict.fromkeys(names))
 
@@ -187,18 +199,20 @@ def _as_int(value) -> int:
         return -1
 
 
+_HEADER_COLUMNS = [(column, kind, keyword) for column, (kind, keyword) in RAW_COLUMNS.items() if keyword]
+
+
 def _row_from_header(path: Path, header: dict, tag: str, size: int, mtime: float) -> dict:
     row = {}
-    for column, (kind, keyword) in RAW_COLUMNS.items():
-        if keyword is None:
-            continue
-        value = header.get(keyword)
-        if kind is float:
-            row[column] = _as_float(value)
-        elif kind is int:
-            row[column] = _as_int(value)
+    get = header.get
+    for column, kind, keyword in _HEADER_COLUMNS:
+        value = get(keyword)
+        if kind is str:
+            row[column] = "" if value is None else value if type(value) is str else str(value)
+        elif kind is float:
+            row[column] = value if type(value) is float else _as_float(value)
         else:
-            row[column] = "" if value is None else str(value)
+            row[column] = value if type(value) is int else _as_int(value)
     row.update(filename=str(path), tag=tag, night=_night_of(row["mjd_obs"]), lamps=_lamps_on(header),
                size=size, mtime=mtime)
     return row
@@ -234,12 +248,12 @@ class _HeaderCache:
         if not changed and not stale and self.path.exists():
             return
         self.entries = {name: entry for name, entry in self.entries.items() if name in keep}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so an interrupted scan never leaves a half-written cache.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cache")
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"version": CACHE_VERSION, "entries": self.entries}, handle)
-        os.replace(tmp, self.path)
+        try:
+            _write_atomically(self.path, lambda tmp: tmp.write_text(
+                json.dumps({"version": CACHE_VERSION, "entries": self.entries})))
+        except OSError as error:
+            # Only a cache: the scan's result stands, the next scan reads the headers again.
+            logger.warning("header cache not saved: %s", error)
 
 
 def _empty_raw_table() -> Table:
@@ -273,8 +287,8 @@ def scan_raw(folder, musemode=instrument.DEFAULT_MODE, *, cache_file=None, check
     folder = Path(folder).absolute()
     musemode = instrument.check_mode(musemode)
     if not folder.is_dir():
-        raise RawFolderError(f"raw folder {folder} does not exist: put the raw MUSE files "
-                             "(.fits, .fits.fz or .fits.gz) of this pointing there")
+        raise RawFolderError(f"raw folder {folder} does not exist",
+                             "put the raw MUSE files (.fits, .fits.fz or .fits.gz) of this pointing there")
     cache = _HeaderCache(cache_file)
     rows, excluded, nread = [], [], 0
     seen_exposures = {}
@@ -297,11 +311,19 @@ def scan_raw(folder, musemode=instrument.DEFAULT_MODE, *, cache_file=None, check
         if cached is None:
             nread += 1
             try:
-                header = read_primary_header(path, HEADER_KEYWORDS)
+                header = read_primary_header_checked(path, HEADER_KEYWORDS)
                 cache.put(name, stat.st_size, stat.st_mtime, header=header)
+                cached = cache.get(name, stat.st_size, stat.st_mtime)
+            except FitsReadError as exc:
+                # Unreadable now (permissions): say so, but read it again next time (chmod keeps mtime).
+                cached = {"error": str(exc).replace(f"{path}: ", "")}
             except FitsHeaderError as exc:
-                cache.put(name, stat.st_size, stat.st_mtime, error=str(exc).replace(f"{path}: ", ""))
-            cached = cache.get(name, stat.st_size, stat.st_mtime)
+                # Truncated or corrupt: a download that completes changes size and mtime, so caching is safe.
+                reason = str(exc).replace(f"{path}: ", "")
+                if isinstance(exc, FitsTruncatedError):
+                    reason += "; download it again"
+                cache.put(name, stat.st_size, stat.st_mtime, error=reason)
+                cached = cache.get(name, stat.st_size, stat.st_mtime)
         if cached["error"]:
             excluded.append((str(path), cached["error"]))
             continue
@@ -369,11 +391,38 @@ def write_scan_tables(scan: RawScan, folder, overwrite=True):
                 logger.warning("%s kept (overwrite_astropy_table=False) but the new scan differs: %d rows now, "
                                "%d in the file", path, len(table), len(previous))
         else:
-            tmp = path.with_name(path.name + ".part")
-            table.write(tmp, format="fits", overwrite=True)
-            os.replace(tmp, path)
+            _write_atomically(path, lambda tmp: table.write(tmp, format="fits", overwrite=True))
         written.append(path)
     return tuple(written)
+
+
+def _write_atomically(path: Path, write):
+    """``write(temporary_path)`` then rename onto ``path``: a reader never sees a half-written file, and a
+    failure (disk full) leaves neither a temporary file nor a damaged ``path``.
+
+    Raises
+    ------
+    DiskFullError, PermissionDeniedError, MissingPathError
+        From :func:`pymusepipe.errors.from_os_error`, naming ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise from_os_error(error, path.parent, "creating") from error
+    # A unique name (not mkstemp, whose 0600 mode would hide the tables from colleagues).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException as error:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise from_os_error(error, path, "writing") from error
+        raise
 
 
 def read_scan_tables(folder):

@@ -127,3 +127,43 @@ def test_layout_paths(tmp_path):
         layout.folder("objects")
     with pytest.raises(ValueError, match="unknown folder key"):
         PointingLayout(tmp_path, "T", 1, folders={"objet": "X"})
+
+
+def test_paths_with_white_space_are_refused_when_read_with_the_way_out(kit, monkeypatch):
+    spaced = kit / "My MUSE data"
+    spaced.mkdir()
+    monkeypatch.setenv("HOME", str(kit))
+    rc, cal = _write_files(kit)
+    rc.write_text(rc.read_text().replace(f"root {kit}/data", f"root {spaced}"))
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig.from_files(rc, cal)
+    message = str(info.value)
+    assert f"root = '{spaced}' (from {rc}) contains a space" in message
+    assert "SOF files as 'path TAG' lines split on white space" in message
+    # The exact command, and what to set afterwards.
+    assert f"ln -s '{spaced}' {kit}/My_MUSE_data, then set 'root {kit}/My_MUSE_data' in {rc}" in message
+    assert "\n" not in message
+    # Following the advice works.
+    import subprocess
+    subprocess.run(["ln", "-s", str(spaced), f"{kit}/My_MUSE_data"], check=True)
+    rc.write_text(rc.read_text().replace(f"root {spaced}", f"root {kit}/My_MUSE_data"))
+    assert PipelineConfig.from_files(rc, cal).root == kit / "My_MUSE_data"
+
+
+@pytest.mark.parametrize("key", ["musecalib", "musecalib_time", "root"])
+def test_every_path_setting_is_checked_also_from_python(kit, key):
+    spaced = kit / f"a\tfolder for {key}"
+    spaced.mkdir()
+    settings = {"musecalib": kit / "cal", "root": kit / "data", "musecalib_time": kit / "caltime"}
+    settings[key] = spaced
+    with pytest.raises(ConfigError, match=f"{key} = .* contains a tab.*pass {key}="):
+        PipelineConfig.from_settings(**settings)
+
+
+def test_names_with_white_space_are_refused(kit):
+    rc, cal = _write_files(kit, "folder_object My Objects\n")
+    with pytest.raises(ConfigError, match="folder_object = 'My Objects'.*contains a space.*name without"):
+        PipelineConfig.from_files(rc, cal)
+    rc, cal = _write_files(kit, cal_text=render_calib_template({"sky_lines": "sky lines.fits"}))
+    with pytest.raises(ConfigError, match="sky_lines = 'sky lines.fits'"):
+        PipelineConfig.from_files(rc, cal)

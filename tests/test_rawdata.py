@@ -1,5 +1,6 @@
 """Scanning and classification of raw folders, on real FITS files written by the tests."""
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -237,3 +238,231 @@ def test_classification_rules_are_consistent():
                     "ASTROMETRY", "OBJECT", "AMPL"}
     assert instrument.classify_frame("SCIENCE", "SKY", "IFU").tag == "SKY"
     assert instrument.classify_frame("CALIB", "SKY", "IFU").tag == "SKY"
+
+
+# --- integrity: truncated files are left out with the reason, without reading any data ---------------------
+
+def _multi_extension(path, nchan=3, shape=(64, 64), nextend=False, compression=None, mjd=60750.1):
+    """A raw-like file with ``nchan`` CHANnn extensions (8 kB of noise each by default)."""
+    header = primary_header("CALIB", "BIAS", mjd=mjd)
+    if nextend:
+        header.insert("INSTRUME", ("NEXTEND", nchan))  # with the first cards, where writers put it
+    exts = []
+    rng = np.random.default_rng(1)
+    for i in range(1, nchan + 1):
+        data = rng.integers(0, 60000, size=shape).astype(np.uint16)
+        kind = fits.CompImageHDU if compression == "fz" else fits.ImageHDU
+        exts.append(kind(data=data, name=f"CHAN{i:02d}"))
+    fits.HDUList([fits.PrimaryHDU(header=header)] + exts).writeto(path, overwrite=True)
+    return path
+
+
+def _truncate(source, destination, size):
+    destination.write_bytes(source.read_bytes()[:size])
+    return destination
+
+
+def _reasons(scan):
+    return {os.path.basename(name): reason for name, reason in zip(scan.excluded["filename"], scan.excluded["reason"])}
+
+
+def test_truncated_data_units_are_left_out_with_sizes(tmp_path, raw_folder):
+    full = _multi_extension(tmp_path / "full.fits")
+    size = full.stat().st_size
+    hdus = fits.open(full)
+    offsets = [hdu.fileinfo()["datLoc"] for hdu in hdus]
+    hdus.close()
+    _truncate(full, raw_folder / "end.fits", size - 1000)                     # inside the last data unit
+    _truncate(full, raw_folder / "middle.fits", offsets[2] + 100)             # inside CHAN02's data
+    _truncate(full, raw_folder / "header.fits", offsets[2] - 2880 + 200)      # inside CHAN02's header
+    # Whole files (distinct exposures, or they would be left out as duplicates):
+    (raw_folder / "ok.fits").write_bytes(_multi_extension(tmp_path / "a.fits", mjd=60750.2).read_bytes())
+    nopad = _multi_extension(tmp_path / "b.fits", mjd=60750.3)
+    _truncate(nopad, raw_folder / "nopad.fits", size - 2880 + 8192 % 2880)     # only the last padding missing
+    trailing = _multi_extension(tmp_path / "c.fits", mjd=60750.4).read_bytes() + b"\0" * 2880
+    (raw_folder / "trailing.fits").write_bytes(trailing)                       # zero blocks after the end
+    before = {p.name: p.read_bytes() for p in raw_folder.iterdir()}
+    scan = scan_raw(raw_folder, checkmode=False)
+    reasons = _reasons(scan)
+    assert reasons["end.fits"] == (f"truncated: {(size - 1000) / 1e3:.1f} kB of at least {size / 1e3:.1f} kB "
+                                   "expected (the file ends inside the data of HDU 3, CHAN03); download it again")
+    assert "truncated" in reasons["middle.fits"] and "data of HDU 2, CHAN02" in reasons["middle.fits"]
+    assert "at least" in reasons["middle.fits"]
+    assert "truncated" in reasons["header.fits"] and "header of HDU" in reasons["header.fits"]
+    assert sorted(reasons) == ["end.fits", "header.fits", "middle.fits"]
+    assert sorted(os.path.basename(n) for n in scan.table["filename"]) == ["nopad.fits", "ok.fits", "trailing.fits"]
+    assert {p.name: p.read_bytes() for p in raw_folder.iterdir()} == before  # raw data never modified
+
+
+def test_nextend_gives_the_exact_expected_size(tmp_path, raw_folder):
+    full = _multi_extension(tmp_path / "full.fits", nextend=True)
+    size = full.stat().st_size
+    _truncate(full, raw_folder / "end.fits", size - 1000)
+    with fits.open(full) as hdus:
+        boundary = hdus[3].fileinfo()["hdrLoc"]
+    _truncate(full, raw_folder / "boundary.fits", boundary)  # two whole extensions, the third missing
+    reasons = _reasons(scan_raw(raw_folder, checkmode=False))
+    assert reasons["end.fits"].startswith(f"truncated: {(size - 1000) / 1e3:.1f} kB of {size / 1e3:.1f} kB expected")
+    assert reasons["boundary.fits"].startswith("truncated: 2 of the 3 extensions announced by NEXTEND")
+
+
+def test_truncated_compressed_files(tmp_path, raw_folder):
+    fz = _multi_extension(tmp_path / "full.fits.fz", compression="fz")
+    (raw_folder / "ok.fits.fz").write_bytes(fz.read_bytes())
+    _truncate(fz, raw_folder / "cut.fits.fz", fz.stat().st_size - 3000)  # inside the last tile table / heap
+    plain = _multi_extension(tmp_path / "plain.fits", shape=(256, 256), mjd=60750.2)
+    import gzip
+    with open(plain, "rb") as src, gzip.open(raw_folder / "ok.fits.gz", "wb") as dst:
+        dst.write(src.read())
+    compressed = (raw_folder / "ok.fits.gz").read_bytes()
+    (raw_folder / "cut.fits.gz").write_bytes(compressed[:len(compressed) * 2 // 3])  # far after the header
+    (raw_folder / "cuthead.fits.gz").write_bytes(compressed[:3000])                  # inside the header
+    reasons = _reasons(scan_raw(raw_folder, checkmode=False))
+    assert reasons["cut.fits.fz"].startswith("truncated: ")
+    assert "the file ends inside the data of HDU 3, CHAN03" in reasons["cut.fits.fz"]
+    assert "truncated or corrupt" in reasons["cut.fits.gz"] and "gzip trailer" in reasons["cut.fits.gz"]
+    assert reasons["cuthead.fits.gz"].startswith("truncated: the gzip stream ends")
+    assert sorted(reasons) == ["cut.fits.fz", "cut.fits.gz", "cuthead.fits.gz"]
+
+
+def test_size_check_agrees_with_astropy_at_every_cut(tmp_path):
+    """Every cut of a file with image, compressed and table HDUs (with a heap) is caught; whole files pass."""
+    from pymusepipe.fitsheader import FitsHeaderError, check_fits_size
+
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column(name="ARR", format="PJ()", array=np.array([np.arange(n) for n in (3, 70, 500)], dtype=object)),
+         fits.Column(name="X", format="D", array=[1.0, 2.0, 3.0])], name="VARTAB")
+    hdus = fits.HDUList([fits.PrimaryHDU(data=np.ones((10, 7), dtype=np.float32)),
+                         fits.CompImageHDU(data=np.arange(4096, dtype=np.int32).reshape(64, 64), name="COMP"),
+                         table, fits.ImageHDU(data=np.zeros((3, 5, 7), dtype=np.int16), name="CUBE")])
+    path = tmp_path / "mixed.fits"
+    hdus.writeto(path)
+    check_fits_size(path)
+    content = path.read_bytes()
+    with fits.open(path, disable_image_compression=True) as reference:
+        # astropy's own view: where each data unit starts and its size without padding (the heap included).
+        ends = [(hdu.fileinfo()["datLoc"] + hdu.size, hdu.fileinfo()["datLoc"] + hdu.fileinfo()["datSpan"])
+                for hdu in reference]
+    # A cut after the data of an HDU (in its padding or at the next header) leaves whole HDUs: without NEXTEND
+    # nothing says more should follow. Every other cut must be caught.
+    undetectable = [(data_end, padded_end) for data_end, padded_end in ends]
+    cut_file = tmp_path / "cut.fits"
+    checked = 0
+    for cut in range(100, len(content), 97):
+        if any(low <= cut <= high for low, high in undetectable):
+            continue
+        cut_file.write_bytes(content[:cut])
+        with pytest.raises(FitsHeaderError, match="truncated"):
+            check_fits_size(cut_file)
+        checked += 1
+    assert checked > 100
+
+
+def test_unreadable_file_is_reported_and_read_again_later(raw_folder, tmp_path, monkeypatch):
+    import pymusepipe.fitsheader as fitsheader
+
+    _write(raw_folder, "bias0", "CALIB", "BIAS")
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("bias0.fits"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    cache = tmp_path / "cache.json"
+    monkeypatch.setattr(fitsheader.os, "open", denied)
+    scan = scan_raw(raw_folder, cache_file=cache)
+    assert _reasons(scan)["bias0.fits"] == "cannot be read (Permission denied)"
+    monkeypatch.setattr(fitsheader.os, "open", real_open)
+    scan = scan_raw(raw_folder, cache_file=cache)  # permissions fixed: not a cached verdict
+    assert list(scan.table["tag"]) == ["BIAS"] and scan.nread == 1
+
+
+def test_an_old_cache_is_not_trusted(raw_folder, tmp_path):
+    import json
+
+    good = _multi_extension(tmp_path / "full.fits")
+    _truncate(good, raw_folder / "cut.fits", good.stat().st_size - 1000)
+    stat = (raw_folder / "cut.fits").stat()
+    cache = tmp_path / "cache.json"
+    # A version-1 cache (written before the size check) believed this file was fine.
+    cache.write_text(json.dumps({"version": 1, "entries": {"cut.fits": {
+        "size": stat.st_size, "mtime": stat.st_mtime, "error": None,
+        "header": {"INSTRUME": "MUSE", "ESO DPR CATG": "CALIB", "ESO DPR TYPE": "BIAS", "ESO DPR TECH": "IFU"}}}}))
+    scan = scan_raw(raw_folder, cache_file=cache)
+    assert "truncated" in _reasons(scan)["cut.fits"]
+
+
+# --- disk full while writing the tables ---------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 200 kB tmpfs (root only; skipped elsewhere): a real ENOSPC."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)])
+
+
+def test_disk_full_while_writing_tables_leaves_no_temporary_file(raw_folder, full_disk):
+    from pymusepipe.errors import DiskFullError
+
+    for i in range(40):
+        _write(raw_folder, f"bias{i:02d}", "CALIB", "BIAS", nfiller=300)
+    tables = full_disk / "Astro_Tables"
+    scan = scan_raw(raw_folder)
+    write_scan_tables(scan, tables)  # fits
+    previous = (tables / RAW_TABLE_NAME).read_bytes()
+    # Fill the disk, then write again: one error naming the table, the old table intact, no .tmp left.
+    try:
+        with open(full_disk / "filler", "wb", buffering=0) as filler:
+            while True:
+                filler.write(b"x" * 4096)
+    except OSError:
+        pass
+    with pytest.raises(DiskFullError) as info:
+        write_scan_tables(scan, tables)
+    assert str(tables) in str(info.value) and "df -h" in str(info.value)
+    assert sorted(p.name for p in tables.iterdir()) == sorted([RAW_TABLE_NAME, EXCLUDED_TABLE_NAME])
+    assert (tables / RAW_TABLE_NAME).read_bytes() == previous
+    # The header cache is only a cache: not saved (a warning), the scan stands, nothing left behind.
+    assert len(scan_raw(raw_folder, cache_file=full_disk / "cache.json").table) == 40
+    assert sorted(p.name for p in full_disk.iterdir()) == ["Astro_Tables", "filler"]
+    # The engine's tables (products.py) behave the same.
+    from pymusepipe.products import _write_table_atomically
+
+    with pytest.raises(DiskFullError, match="muse_bias_jobs.fits"):
+        _write_table_atomically(scan.table, tables / "muse_bias_jobs.fits")
+    assert sorted(p.name for p in tables.iterdir()) == sorted([RAW_TABLE_NAME, EXCLUDED_TABLE_NAME])
+
+
+def test_disk_full_is_simulated_where_no_small_disk_can_be_mounted(raw_folder, tmp_path, monkeypatch):
+    import errno
+
+    from astropy.table import Table
+
+    from pymusepipe.errors import DiskFullError
+
+    _write(raw_folder, "bias0", "CALIB", "BIAS")
+    scan = scan_raw(raw_folder)
+
+    def write_half_then_fail(self, path, **kwargs):
+        with open(path, "wb") as stream:
+            stream.write(b"SIMPLE  =")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Table, "write", write_half_then_fail)
+    with pytest.raises(DiskFullError, match=f"disk full .* while writing {tmp_path / 'T' / RAW_TABLE_NAME}"):
+        write_scan_tables(scan, tmp_path / "T")
+    assert list((tmp_path / "T").iterdir()) == []
+    from pymusepipe.products import _write_table_atomically
+
+    with pytest.raises(DiskFullError, match="df -h"):
+        _write_table_atomically(scan.table, tmp_path / "T" / "muse_bias_products.fits")
+    assert list((tmp_path / "T").iterdir()) == []
