@@ -17,8 +17,9 @@ How the contract is kept on a cluster
 - **Logs** are written by the worker straight into the area's ``Esorex_log`` folder, which (like the whole
   data root) must be on a file system shared by the workers.
 - **A worker lost mid-job.** The scheduler re-runs the task on another worker (``distributed.scheduler.
-  allowed-failures``); each attempt starts from an empty output folder, and esorex dies with the worker
-  thread that started it (``setpriv --pdeathsig``), so a killed attempt cannot keep writing.
+  allowed-failures``); each attempt starts from an empty output folder, and esorex (with everything it forked)
+  dies with the worker process that started it (:mod:`pymusepipe.processes`' watchdog), so a killed attempt
+  cannot keep writing.
 - **Ctrl-C.** Queued tasks are cancelled; running ones see a cancellation event within a second and kill
   their esorex process group.
 """
@@ -216,7 +217,7 @@ def run_on_worker(payload: dict) -> Outcome:
     cwd.mkdir(parents=True)
     threads = int(payload["threads"])
     cpus = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else list(range(threads))
-    argv = _die_with_parent_prefix() + pinning_prefix(payload["pinning"], cpus) + list(payload["argv"])
+    argv = pinning_prefix(payload["pinning"], cpus) + list(payload["argv"])
     cancel = threading.Event()
     stop_watch = threading.Event()
     from distributed import Event, get_client
@@ -243,13 +244,6 @@ def run_on_worker(payload: dict) -> Outcome:
     outcome.argv = tuple(argv)
     outcome.host = socket.gethostname()
     return outcome
-
-
-def _die_with_parent_prefix() -> list:
-    """``setpriv --pdeathsig KILL`` (util-linux, Linux): esorex is killed if the worker thread that started it
-    dies, so a lost worker's attempt cannot keep writing while the retry runs. Empty where unavailable."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def _accepts_n_workers(client) -> bool:

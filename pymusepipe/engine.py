@@ -301,6 +301,7 @@ class RecipeEngine:
         self.area_hooks: list = []          # callables(area) run before the first job of an area runs
         self._prepared_areas: set = set()
         self._forced: set = set()
+        self._area_locks: list = []
 
     def _ask_version(self) -> str:
         try:
@@ -642,10 +643,29 @@ class RecipeEngine:
         if self.log is not None:
             self.log.stamp(f"{label or 'run'}: {len(jobs)} job(s)")
         tasks = [_EngineTask(self, job, overwrite) for job in jobs]
-        results = Scheduler(self.executor).run(tasks, label=label)
+        try:
+            results = Scheduler(self.executor).run(tasks, label=label)
+        finally:
+            self._release_area_locks()
         report = StepReport(jobs, results)
         logger.info("%s: %s", label or "run", report.summary())
         return report
+
+    def _lock_area(self, area):
+        """Hold an area's lock while this run writes into it (a night's calibrations may be shared with another
+        run: it finds the area locked, and its job fails with the holder named, rather than two esorex
+        writing the same products)."""
+        from .lock import FolderLock
+
+        area.base_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(area.base_dir, purpose=area.name).acquire()
+        self._area_locks.append(lock)
+
+    def _release_area_locks(self):
+        for lock in reversed(self._area_locks):
+            lock.release()
+        self._area_locks = []
+        self._prepared_areas = set()
 
     def _remakes_of_cleaned(self, jobs, overwrite) -> set:
         """Jobs to run again because a job that will run reads products cleaned away since (their makers)."""
@@ -763,6 +783,7 @@ class RecipeEngine:
     def prepare(self, job: Job, threads: int):
         """SOF and replay-log block of a job about to start; returns its Command (or its Python callable)."""
         if not self.fakemode and job.area.base_dir not in self._prepared_areas:
+            self._lock_area(job.area)
             for hook in self.area_hooks:
                 hook(job.area)
             self._prepared_areas.add(job.area.base_dir)

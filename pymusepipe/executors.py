@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -137,6 +134,13 @@ class LocalExecutor(Executor):
         self.cancel(list(self._cancel))
         self._pool.shutdown(wait=True)
 
+    def cancel_all(self):
+        """Stop every command this process runs (Ctrl-C), including one still starting."""
+        from .processes import terminate_all
+
+        self.cancel(list(self._cancel))
+        terminate_all()
+
     def _run(self, command: Command, cpus: list, cancel_event) -> Outcome:
         if self.pinning == PINNING_LIKWID:
             spaced = [item for item in command.argv if " " in item]
@@ -151,46 +155,15 @@ class LocalExecutor(Executor):
 
 
 def run_command(argv, *, cwd, env, stdout_path, timeout=None, cancel_event=None) -> Outcome:
-    """Run one command in its own process group, streaming its output to a file; kill the whole group on
-    timeout or cancellation. Returns its exit code, CPU time and peak memory (of it and its children)."""
+    """Run one command (it and everything it forks die with this process, even on ``kill -9``: see
+    :mod:`pymusepipe.processes`) and describe how it ended as the scheduler needs it."""
+    from .processes import run_command as run_process
+
     Path(cwd).mkdir(parents=True, exist_ok=True)
     Path(stdout_path).parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(stdout_path, "ab") as stream:
-        process = subprocess.Popen(list(argv), stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=cwd, start_new_session=True)
-    timed_out = cancelled = False
-    killed_at = None
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        now = time.monotonic()
-        if killed_at is None:
-            if cancel_event is not None and cancel_event.is_set():
-                cancelled = True
-            elif timeout is not None and now - start > timeout:
-                timed_out = True
-            if cancelled or timed_out:
-                killed_at = now
-                _signal_group(process.pid, signal.SIGTERM)
-        elif now - killed_at > 5.0:
-            _signal_group(process.pid, signal.SIGKILL)   # it ignored SIGTERM
-        time.sleep(0.05 if now - start < 2 else 0.25)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if killed_at is not None:
-        _signal_group(process.pid, signal.SIGKILL)       # children that outlived their parent
-    return Outcome(returncode=process.returncode, duration=time.monotonic() - start, timed_out=timed_out,
-                   cancelled=cancelled, cpu_seconds=usage.ru_utime + usage.ru_stime,
-                   max_rss_mb=usage.ru_maxrss / 1024.0)
-
-
-def _signal_group(pgid: int, signum: int):
-    """Signal a command's whole process group (likwid-pin and the esorex it forked)."""
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+    ended = run_process(argv, cwd=cwd, env=env, stdout_path=stdout_path, timeout=timeout, cancel_event=cancel_event)
+    return Outcome(returncode=ended.returncode, duration=ended.duration, timed_out=ended.timed_out,
+                   cancelled=ended.cancelled, cpu_seconds=ended.cpu_seconds, max_rss_mb=ended.max_rss_mb)
 
 
 def available_memory_gb() -> float:

@@ -38,15 +38,12 @@ from .rawdata import scan_pointing, scan_raw
 from .recipes import default_recipe_table
 from .replaylog import ReplayLog
 from .state import PointingState, StepStatus
-from .steps import STEPS, StepContext, StepInputError, StepPlan
+from .errors import MissingPathError, StepFailedError, StepInputError
+from .steps import STEPS, StepContext, StepPlan
 
 __all__ = ["MusePipe", "STEPS", "StepInputError", "StepFailedError"]
 
 logger = logging.getLogger(__name__)
-
-
-class StepFailedError(RuntimeError):
-    """Jobs of a run failed; the message gives each failed job's reason and esorex log tail."""
 
 
 class MusePipe:
@@ -138,8 +135,9 @@ class MusePipe:
                                      str_pointing=self.config.str_pointing, ndigits=self.config.ndigits,
                                      folders=self.config.folders)
         if not self.layout.folder("raw").is_dir():
-            raise FileNotFoundError(f"raw folder {self.layout.folder('raw')} does not exist: put the raw files of "
-                                    f"target {self.targetname}, pointing {self.pointing} there")
+            raise MissingPathError(f"raw folder {self.layout.folder('raw')} does not exist",
+                                   f"put the raw files of target {self.targetname}, pointing {self.pointing} "
+                                   "there (or check root, the target name and the pointing number)")
         self.layout.create_working_folders()
         if not self.fakemode:
             for source in (rc_filename, cal_filename):
@@ -273,11 +271,25 @@ class MusePipe:
     def run_plans(self, plans, label: str = "") -> StepReport:
         """Run the jobs of planned steps as one graph; record each step's status; raise if any job failed."""
         jobs = unique_jobs(plans)
-        report = self.engine.run(jobs, label=label or f"{self.targetname} {self.layout.pointing_name}") \
-            if jobs else StepReport([])
+        with self.lock():
+            report = self.engine.run(jobs, label=label or f"{self.targetname} {self.layout.pointing_name}") \
+                if jobs else StepReport([])
         self.record_steps(plans, report)
         raise_for_failures(report)
         return report
+
+    def lock(self):
+        """The pointing's lock, held while a run works on it (none in fakemode: a dry run may go alongside).
+
+        A second run on the same pointing stops at once, naming the holder; a lock left by a dead process
+        is taken over (:class:`~pymusepipe.lock.FolderLock`)."""
+        import contextlib
+
+        if self.fakemode:
+            return contextlib.nullcontext()
+        from .lock import FolderLock
+
+        return FolderLock(self.layout.pointing_dir, purpose=f"{self.targetname} pointing {self.pointing}")
 
     def record_steps(self, plans, report: StepReport):
         """Record what each planned step did in this pointing's state (``PIPE_steps.fits``)."""
@@ -625,15 +637,24 @@ def raise_for_failures(report: StepReport):
     if not failed:
         return
     details = []
+    logs = []
     for name in failed:
         result = report.results[name]
         details.append(f"--- {name}: {result.message}")
         if result.log_tail:
             details.append("    tail of the esorex log:")
             details.extend(f"    {line}" for line in result.log_tail)
+        job = next((job for job in report.jobs if job.name == name), None)
+        if job is not None and job.log_name:
+            logs.append(str(job.area.folder("esorex_log") / job.log_name))
     skipped = report.with_status("skipped")
     more = f"\n{len(skipped)} job(s) depending on them were skipped" if skipped else ""
-    raise StepFailedError(f"{len(failed)} job(s) failed ({report.summary()}):\n" + "\n".join(details) + more)
+    first = report.results[failed[0]]
+    hint = (f"see {logs[0]}" if logs else "see the esorex logs") + "; fix the cause and rerun to resume"
+    error = StepFailedError(f"{len(failed)} job(s) failed ({report.summary()}), first {failed[0]}: {first.message}",
+                            hint)
+    error.details = "\n".join(details) + more
+    raise error
 
 
 def _gigabytes(size: int) -> str:

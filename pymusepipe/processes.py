@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE = 5.0
 #: Seconds between two looks at a cancellation event while a command runs.
 _POLL_INTERVAL = 0.2
+#: Seconds between two looks at a running command's peak memory.
+_MEMORY_SAMPLING = 1.0
 #: Seconds to wait for killed processes to be gone.
 _KILL_WAIT = 5.0
 
@@ -171,6 +173,10 @@ class CommandOutcome:
         failure of the command; the job should simply be run again.
     pid : int
         Process id of the command (also its process group id); 0 if it never started.
+    cpu_seconds : float
+        User + system CPU time of the command and of the children it waited for (-1 when unknown).
+    max_rss_mb : float
+        Peak resident memory of the largest of those processes [MB] (-1 when unknown).
     """
 
     returncode: int
@@ -178,6 +184,8 @@ class CommandOutcome:
     timed_out: bool = False
     cancelled: bool = False
     pid: int = 0
+    cpu_seconds: float = -1.0
+    max_rss_mb: float = -1.0
 
     @property
     def ok(self) -> bool:
@@ -287,12 +295,31 @@ class _Running:
         self.cancelled = False
         self.timed_out = False
         self.stop_lock = threading.Lock()
+        self.peak_rss_mb = -1.0
+        self._sampled = -_MEMORY_SAMPLING
         self.pidfd = None
         if hasattr(os, "pidfd_open"):
             try:
                 self.pidfd = os.pidfd_open(process.pid)
             except OSError:
                 self.pidfd = None
+
+    def sample_memory(self):
+        """Remember the peak resident memory (``VmHWM``, a high-water mark) of the largest process of the
+        command's tree, looked at about once a second."""
+        now = time.monotonic()
+        if now - self._sampled < _MEMORY_SAMPLING:
+            return
+        self._sampled = now
+        for pid in tree_members({self.process.pid}):
+            try:
+                with open(f"/proc/{pid}/status", "rb") as stream:
+                    for line in stream:
+                        if line.startswith(b"VmHWM:"):
+                            self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024.0)
+                            break
+            except (OSError, ValueError):
+                continue
 
     def wait_exit(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the leader to exit, without reaping it (its pid stays reserved, so
@@ -518,7 +545,8 @@ def run_command(argv: Sequence[str], *, cwd=None, env: Mapping[str, str] | None 
         _deliver(pending)  # a Ctrl-C that came while starting: raised here, where the command is stopped
         deadline = None if timeout is None else start + float(timeout)
         while not entry.cancelled:
-            slice_ = _POLL_INTERVAL if cancel_event is not None else 3600.0
+            entry.sample_memory()
+            slice_ = _POLL_INTERVAL if cancel_event is not None else _MEMORY_SAMPLING
             if deadline is not None:
                 slice_ = min(slice_, deadline - time.monotonic())
             if entry.wait_exit(slice_):
@@ -545,10 +573,20 @@ def run_command(argv: Sequence[str], *, cwd=None, env: Mapping[str, str] | None 
         with _RUNNING_LOCK:
             _RUNNING.pop(process.pid, None)
         with entry.stop_lock:  # terminate_all() may still be stopping it
-            returncode = process.wait()
+            cpu_seconds = -1.0
+            if process.returncode is None:
+                # Reaped here with its resource usage: the CPU time of it and of its waited-for children
+                # (likwid-pin's esorex), which the job tables record. (Its ru_maxrss is not used: a forked
+                # child starts with this Python process's resident pages, which would count as its peak.)
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                cpu_seconds = usage.ru_utime + usage.ru_stime
+            max_rss_mb = entry.peak_rss_mb
+            returncode = process.returncode
             entry.close()
     return CommandOutcome(returncode=returncode, duration=time.monotonic() - start, timed_out=entry.timed_out,
-                          cancelled=entry.cancelled, pid=process.pid)
+                          cancelled=entry.cancelled, pid=process.pid, cpu_seconds=cpu_seconds,
+                          max_rss_mb=max_rss_mb)
 
 
 def terminate_all(grace: float = DEFAULT_GRACE) -> int:

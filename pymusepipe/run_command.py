@@ -60,60 +60,55 @@ def parse_cpus(text):
 
 
 def run(args) -> int:
-    from .musepipe import MusePipe, StepFailedError, StepInputError
+    from .errors import UsageError
+    from .esorex import check_cpus
+    from .musepipe import MusePipe
+    from .target import MuseTarget
 
     try:
         parameters = json.loads(args.parameters) if args.parameters else None
     except json.JSONDecodeError as error:
-        print(f"--parameters is not valid JSON: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--parameters is not valid JSON: {error}",
+                         'give e.g. \'{"scipost": {"pixfrac": 0.6}}\'') from None
     if args.executor == "dask" and not args.scheduler:
-        print("--executor dask needs --scheduler ADDRESS", file=sys.stderr)
-        return 2
+        raise UsageError("--executor dask needs --scheduler ADDRESS", "e.g. --scheduler tcp://head-node:8786")
+    cpus = parse_cpus(args.cpus)
+    if cpus:
+        try:
+            check_cpus(cpus)
+        except ValueError as error:
+            raise UsageError(f"--cpus {args.cpus}: {error}", "give CPU ids of this machine, e.g. 0-3") from None
     options = dict(reset_log=args.reset_log, fakemode=args.fake, filter_list=args.filter_list,
                    filter_for_alignment=args.filter_for_alignment, musemode=args.musemode,
-                   time_astrometry=args.time_astrometry, pinning=args.pinning, cpus=parse_cpus(args.cpus),
+                   time_astrometry=args.time_astrometry, pinning=args.pinning, cpus=cpus,
                    ifu_mode=args.ifu_mode, overwrite=args.overwrite, executor=args.executor,
                    scheduler=args.scheduler, exclude=args.exclude or None)
+    chain = dict(illum=not args.no_illum, fraction=args.fraction, parameters=parameters, report=not args.no_report)
     if args.pointing is None:
-        return _run_target(args, options, parameters)
-    if args.reference:
-        print("--reference aligns a whole target: leave out --pointing", file=sys.stderr)
-        return 2
-    pipe = MusePipe(args.target, args.pointing, args.rc, args.cal, logfile=args.logfile or "MusePipe.log",
-                    **options)
+        # A whole target: every pointing, the alignment to the reference, the mosaic.
+        if args.first or args.last:
+            raise UsageError("--first/--last select steps of one pointing", "give --pointing N")
+        reduction = MuseTarget(args.target, None, args.rc, args.cal, reference=args.reference,
+                               logfile=args.logfile or "Target.log", pointing_cubes=args.pointing_cubes, **options)
+        run_chain = lambda: reduction.run_all_recipes(**chain)  # noqa: E731
+    else:
+        if args.reference:
+            raise UsageError("--reference aligns a whole target", "leave out --pointing")
+        reduction = MusePipe(args.target, args.pointing, args.rc, args.cal,
+                             logfile=args.logfile or "MusePipe.log", **options)
+        run_chain = lambda: reduction.run_all_recipes(first=args.first, last=args.last,  # noqa: E731
+                                                      clean=args.clean, **chain)
     try:
-        pipe.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, first=args.first, last=args.last,
-                             parameters=parameters, report=not args.no_report, clean=args.clean)
-    except (StepFailedError, StepInputError) as error:
-        print(pipe.status())
-        print(f"\n{error}", file=sys.stderr)
-        return 1
-    print(pipe.status())
-    print(f"replay log: {pipe.engine.log.path}")
-    if pipe.report_page is not None:
-        print(f"report:     {pipe.report_page}")
-    return 0
-
-
-def _run_target(args, options, parameters) -> int:
-    from .musepipe import StepFailedError, StepInputError
-    from .target import MuseTarget
-
-    if args.first or args.last:
-        print("--first/--last select steps of one pointing: give --pointing", file=sys.stderr)
-        return 2
-    target = MuseTarget(args.target, None, args.rc, args.cal, reference=args.reference,
-                        logfile=args.logfile or "Target.log", pointing_cubes=args.pointing_cubes, **options)
-    try:
-        target.run_all_recipes(illum=not args.no_illum, fraction=args.fraction, parameters=parameters,
-                               report=not args.no_report)
-    except (StepFailedError, StepInputError) as error:
-        print(target.status())
-        print(f"\n{error}", file=sys.stderr)
-        return 1
-    print(target.status())
-    print(f"replay log: {target.engine.log.path}")
-    if target.report_page is not None:
-        print(f"report:     {target.report_page}")
+        run_chain()
+    except Exception as error:
+        # What each step did, then the error (one line, printed by the command line, with its log tails).
+        print(reduction.status())
+        details = getattr(error, "details", "")
+        if details:
+            print(details, file=sys.stderr)
+        raise
+    print(reduction.status())
+    print(f"replay log: {reduction.engine.log.path}")
+    if reduction.report_page is not None:
+        print(f"report:     {reduction.report_page}")
     return 0

@@ -12,6 +12,7 @@ astropy Table with columns ``target`` and optionally ``pointings`` (comma-separa
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -130,7 +131,10 @@ class MuseSample:
         jobs = unique_jobs(plan for target_plans in plans.values() for owner_plans in target_plans.values()
                            for plan in owner_plans)
         start = time.monotonic()
-        report = self.engine.run(jobs, label="sample") if jobs else StepReport([])
+        with contextlib.ExitStack() as locks:
+            for target in self.targets.values():
+                locks.enter_context(target.lock())
+            report = self.engine.run(jobs, label="sample") if jobs else StepReport([])
         for name, target in self.targets.items():
             target.record(plans[name], report)
         logger.info("sample: %d target(s), %d job(s) in %.0f s: %s", len(self.targets), len(jobs),

@@ -202,7 +202,10 @@ def classify_outcome(command: Command, outcome: Outcome, tail_lines: int = 15) -
         if missing:
             message = f"exit 0 but expected product(s) missing: {', '.join(missing)}"
     if message:
-        if log.errors:
+        # The first real cause (an unreadable file, a missing input), not the recipe's follow-on message.
+        if log.headline:
+            message += f": {log.headline}"
+        elif log.errors:
             message += f"; first error: {log.errors[0]}"
         return JobResult(command.name, STATUS_FAILED, message=message, log_tail=tuple(log.tail), **base)
     note = ""

@@ -24,6 +24,7 @@ import numpy as np
 from . import instrument
 from .association import InputFrame
 from .engine import Job
+from .errors import StepInputError
 from .layout import NightLayout, PointingLayout
 from .products import PlannedProduct
 
@@ -43,10 +44,6 @@ NARROW_FIELD_IFUS = 4
 ARCHIVE_MASTERS = {"bias": ("MASTER_BIAS",), "flat": ("MASTER_FLAT", "TRACE_TABLE"), "wave": ("WAVECAL_TABLE",),
                    "lsf": ("LSF_PROFILE",), "twilight": ("TWILIGHT_CUBE",),
                    "standard": ("STD_RESPONSE", "STD_TELLURIC")}
-
-
-class StepInputError(RuntimeError):
-    """A step lacks the products of an earlier step (or the raw frames it needs); the message says which."""
 
 
 @dataclass(frozen=True)

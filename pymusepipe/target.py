@@ -351,11 +351,23 @@ class MuseTarget:
         record what each step did in each pointing's and the target's state."""
         jobs = unique_jobs(plan for owner_plans in plans.values() for plan in owner_plans)
         start = time.monotonic()
-        report = self.engine.run(jobs, label=self.targetname) if jobs else StepReport([])
+        with self.lock():
+            report = self.engine.run(jobs, label=self.targetname) if jobs else StepReport([])
         self.record(plans, report)
         logger.info("%s: %d job(s) in %.0f s: %s", self.targetname, len(jobs), time.monotonic() - start,
                     report.summary())
         return report
+
+    def lock(self):
+        """The locks of the target's area and of every pointing, held while a run works on them."""
+        import contextlib
+
+        if self.fakemode:
+            return contextlib.nullcontext()
+        from .lock import lock_folders
+
+        self.layout.base_dir.mkdir(parents=True, exist_ok=True)
+        return lock_folders([self.layout.base_dir] + [pipe.layout.pointing_dir for pipe in self.pipes.values()])
 
     def record(self, plans: OrderedDict, report: StepReport):
         night = plans.get("night", [])

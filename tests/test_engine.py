@@ -95,7 +95,7 @@ def test_fanout_runs_one_job_per_ifu_and_moves_products(layout, fake_esorex, tmp
     assert all(not path.startswith("/") for path in stored["path"])   # relative to the data root
     assert all(checksum.startswith("crc32:") for checksum in stored["checksum"])
     log = engine.log.path.read_text()
-    assert "OMP_NUM_THREADS=1 " in log and log.count("mv -f ") == 2
+    assert "pymusepipe_run " in log and log.count("mv -f ") == 2
 
 
 def test_failed_ifu_does_not_stop_others_and_dependents_are_skipped(layout, fake_esorex, monkeypatch):
@@ -210,7 +210,8 @@ def test_fakemode_runs_nothing_and_names_planned_files(layout, fake_esorex, tmp_
     assert not flat.sof.exists() and f"# [fakemode] {planned_bias} MASTER_BIAS" in log
     assert not record.exists() and not planned_bias.exists()
     assert not any(layout.folder("astro_tables").glob("*.fits"))
-    assert "# [fakemode] " in log and "\nesorex " not in log and "fakemode" in log.splitlines()[2]
+    assert "# [fakemode] " in log and "\nesorex " not in log
+    assert any(line.startswith("# At :") and "[fakemode]" in line for line in log.splitlines())
     # A step whose earlier step was never planned: warned about, not a crash.
     (wave,) = engine.plan("muse_wavecal", [_frames(layout.folder("raw"), "ARC", 60000.7, count=1)], ifus=[1])
     assert {m.tag for m in wave.missing} == {"LINE_CATALOG"}  # TRACE_TABLE: the planned flat product

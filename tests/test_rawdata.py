@@ -435,10 +435,10 @@ def test_disk_full_while_writing_tables_leaves_no_temporary_file(raw_folder, ful
     assert len(scan_raw(raw_folder, cache_file=full_disk / "cache.json").table) == 40
     assert sorted(p.name for p in full_disk.iterdir()) == ["Astro_Tables", "filler"]
     # The engine's tables (products.py) behave the same.
-    from pymusepipe.products import _write_table_atomically
+    from pymusepipe.products import write_table_atomically
 
     with pytest.raises(DiskFullError, match="muse_bias_jobs.fits"):
-        _write_table_atomically(scan.table, tables / "muse_bias_jobs.fits")
+        write_table_atomically(scan.table, tables / "muse_bias_jobs.fits")
     assert sorted(p.name for p in tables.iterdir()) == sorted([RAW_TABLE_NAME, EXCLUDED_TABLE_NAME])
 
 
@@ -461,8 +461,8 @@ def test_disk_full_is_simulated_where_no_small_disk_can_be_mounted(raw_folder, t
     with pytest.raises(DiskFullError, match=f"disk full .* while writing {tmp_path / 'T' / RAW_TABLE_NAME}"):
         write_scan_tables(scan, tmp_path / "T")
     assert list((tmp_path / "T").iterdir()) == []
-    from pymusepipe.products import _write_table_atomically
+    from pymusepipe.products import write_table_atomically
 
     with pytest.raises(DiskFullError, match="df -h"):
-        _write_table_atomically(scan.table, tmp_path / "T" / "muse_bias_products.fits")
+        write_table_atomically(scan.table, tmp_path / "T" / "muse_bias_products.fits")
     assert list((tmp_path / "T").iterdir()) == []
