@@ -7,8 +7,8 @@
   photometric calibration, e.g. a broad-band survey image) by :mod:`pymusepipe.alignment`, giving one target
   OFFSET_LIST with offsets and FLUX_SCALE (``<target>/Alignment/OFFSET_LIST_<target>.fits``). Without a reference
   the exposures are aligned to the first one and scaled to the most transparent one (and the log says so).
-- One OUTPUT_WCS covering every pointing is built (``reproject``'s optimal celestial WCS, north up, at the mode's
-  spaxel scale), and every reduced exposure is combined on it by muse_exp_combine into
+- One OUTPUT_WCS covering every pointing is built (the first exposure's grid, north up at the mode's spaxel
+  scale, extended by whole spaxels), and every reduced exposure is combined on it by muse_exp_combine into
   ``<target>/Combined/DATACUBE_FINAL_<target>.fits`` (plus its filter images); with ``pointing_cubes=True`` each
   pointing's cube is also made on that grid, so that pointings can be compared pixel by pixel.
 

@@ -149,13 +149,16 @@ def _image_as_reference(image, output) -> str:
 
 
 def output_wcs(output, images, offset_list=None, spaxel_arcsec=0.2, margin_arcsec=1.0) -> str:
-    """A 2-D celestial WCS covering every image (positions corrected by the OFFSET_LIST), north up, at the
-    mode's spaxel scale, written as MUSE's OUTPUT_WCS (a CD matrix: the recipes refuse PCi_j keywords)."""
+    """A 2-D celestial WCS covering every image (positions corrected by the OFFSET_LIST), written as MUSE's
+    OUTPUT_WCS (a CD matrix: the recipes refuse PCi_j keywords).
+
+    The grid is the first image's own (north up, the mode's spaxel), moved with its exposure's offset and
+    extended by whole spaxels to cover the others: its rows then fall where the pipeline would put them for
+    that exposure, whose resampling of the slices onto the grid is therefore the pipeline's usual one.
+    """
     import numpy as np
-    import astropy.units as u
     from astropy.io import fits
     from astropy.wcs import WCS
-    from reproject.mosaicking import find_optimal_celestial_wcs
 
     from .alignment.offset_list import date_obs_key, read_offset_list
 
@@ -174,16 +177,30 @@ def output_wcs(output, images, offset_list=None, spaxel_arcsec=0.2, margin_arcse
         # The pipeline moves an exposure by pointing -= offset: so does its footprint.
         wcs.wcs.crval = [wcs.wcs.crval[0] - d_ra, wcs.wcs.crval[1] - d_dec]
         footprints.append((shape, wcs))
-    wcs, shape = find_optimal_celestial_wcs(footprints, resolution=spaxel_arcsec * u.arcsec, projection="TAN",
-                                            auto_rotate=False)
+    grid = footprints[0][1].deepcopy()
+    cd = grid.pixel_scale_matrix
+    scale = float(np.sqrt(abs(np.linalg.det(cd)))) * 3600.0
+    if abs(scale - spaxel_arcsec) > 0.01 * spaxel_arcsec:
+        raise ValueError(f"{images[0]}: {scale:.4f}\" pixels, expected the mode's {spaxel_arcsec:g}\" spaxels")
+    corners_x, corners_y = [], []
+    for shape, wcs in footprints:
+        ny, nx = shape
+        xs = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+        ys = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+        world = wcs.pixel_to_world_values(xs, ys)
+        x, y = grid.world_to_pixel_values(*world)
+        corners_x.extend(x)
+        corners_y.extend(y)
     margin = int(np.ceil(margin_arcsec / spaxel_arcsec))
-    ny, nx = shape[0] + 2 * margin, shape[1] + 2 * margin
+    x_low, y_low = int(np.floor(min(corners_x) + 0.5)) - margin, int(np.floor(min(corners_y) + 0.5)) - margin
+    x_high, y_high = int(np.ceil(max(corners_x) - 0.5)) + margin, int(np.ceil(max(corners_y) - 0.5)) + margin
+    nx, ny = x_high - x_low + 1, y_high - y_low + 1
     header = fits.Header()
     header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
     header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
-    header["CRPIX1"], header["CRPIX2"] = wcs.wcs.crpix[0] + margin, wcs.wcs.crpix[1] + margin
-    header["CRVAL1"], header["CRVAL2"] = float(wcs.wcs.crval[0]), float(wcs.wcs.crval[1])
-    cd = wcs.pixel_scale_matrix
+    # Whole-pixel shifts of the first image's grid: its pixel centres are kept.
+    header["CRPIX1"], header["CRPIX2"] = grid.wcs.crpix[0] - x_low, grid.wcs.crpix[1] - y_low
+    header["CRVAL1"], header["CRVAL2"] = float(grid.wcs.crval[0]), float(grid.wcs.crval[1])
     header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = (float(cd[0, 0]), float(cd[0, 1]),
                                                                           float(cd[1, 0]), float(cd[1, 1]))
     header["HIERARCH ESO PRO CATG"] = "OUTPUT_WCS"

@@ -60,7 +60,17 @@ def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
     fit = least_squares(lambda p: _gaussian_model(p, ys, xs) - values, start,
                         bounds=([0, x0, y0, 0.3, -np.inf], [np.inf, x1, y1, 3 * half_size, np.inf]))
     amplitude, x_fit, y_fit, sigma, _ = fit.x
-    return x_fit, y_fit, sigma, 2 * math.pi * amplitude * sigma ** 2
+    flux = 2 * math.pi * amplitude * sigma ** 2
+    # Uncertainty of the flux from the fit: the covariance from the Jacobian scaled by the residual variance
+    # (noise and any mismatch of the Gaussian model), propagated through flux = 2 pi A sigma^2.
+    dof = max(values.size - fit.x.size, 1)
+    try:
+        covariance = np.linalg.inv(fit.jac.T @ fit.jac) * float(np.sum(fit.fun ** 2)) / dof
+        gradient = np.array([2 * math.pi * sigma ** 2, 0.0, 0.0, 4 * math.pi * amplitude * sigma, 0.0])
+        flux_error = float(math.sqrt(max(gradient @ covariance @ gradient, 0.0)))
+    except np.linalg.LinAlgError:
+        flux_error = float("nan")
+    return x_fit, y_fit, sigma, flux, flux_error
 
 
 def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, min_flux_fraction=0.0,
@@ -89,7 +99,8 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         One row per measured source: true and measured RA/Dec [deg], offsets [arcsec] (``d_ra`` is along
         the sky, i.e. multiplied by cos(dec), positive eastwards; ``d_dec`` positive northwards), their
         modulus ``offset``, the fitted FWHM [arcsec], the true flux, the expected flux (true flux times
-        ``transparency``), the measured flux and ``flux_ratio`` = measured / expected.
+        ``transparency``), the measured flux and its uncertainty from the fit (``flux_error``), ``flux_ratio``
+        = measured / expected and its uncertainty ``ratio_error``.
     """
     with fits.open(image_path) as hdul:
         hdu = hdul["DATA"] if "DATA" in hdul else hdul[0]
@@ -109,19 +120,19 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         result = _fit_star(data, float(x_guess), float(y_guess), sigma_guess, half_size)
         if result is None:
             continue
-        x_fit, y_fit, sigma, flux = result
+        x_fit, y_fit, sigma, flux, flux_error = result
         ra, dec = wcs.pixel_to_world_values(x_fit, y_fit)
         d_ra = (float(ra) - source["ra"]) * 3600.0 * math.cos(math.radians(source["dec"]))
         d_dec = (float(dec) - source["dec"]) * 3600.0
         expected = true_flux * transparency
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
-                     math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux,
-                     flux / expected))
+                     math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux, flux_error,
+                     flux / expected, flux_error / expected))
     return Table(rows=rows or None,
                  names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",
-                        "flux_true", "flux_expected", "flux", "flux_ratio"),
+                        "flux_true", "flux_expected", "flux", "flux_error", "flux_ratio", "ratio_error"),
                  dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
-                        float))
+                        float, float, float))
 
 
 def summarize_offsets(stars) -> dict:

@@ -81,16 +81,18 @@ def _stars(image, truth, transparency=1.0):
 
 
 def _check_stars(stars, *, tolerance_flux):
-    """Positions: within 0.02" of the truth about their common shift, and that shift the one ESO's resampling
-    of a one-IFU strip gives (south by a few hundredths of an arcsec: slices 1+1/24 spaxel apart resampled onto a
-    0.2" grid anchored on the lowest one; RA anchored on float32 limits, docs/simulator.md); fluxes: each within
-    ``tolerance_flux`` of the expected flux (``flux_ratio``)."""
+    """Positions: within 0.02" (median) of the truth about their common shift, none beyond a quarter spaxel, and
+    that shift the one ESO's resampling of a one-IFU strip gives (south by a few hundredths of an arcsec: slices
+    1+1/24 spaxel apart resampled onto a 0.2" grid; RA anchored on float32 limits, docs/simulator.md).
+    Fluxes: the median within ``tolerance_flux`` of the expected flux (the calibration), and each star within
+    that plus three times its own measurement noise (faint stars are noise-limited)."""
     assert len(stars) >= 5, f"only {len(stars)} stars measurable"
     offsets = summarize_offsets(stars)
-    assert offsets["scatter_median"] <= 0.02 and offsets["scatter_max"] < 0.03, offsets
+    assert offsets["scatter_median"] <= 0.02 and offsets["scatter_max"] < 0.05, offsets
     assert -0.05 < offsets["shift_dec"] < 0.005 and abs(offsets["shift_ra"]) < 0.026, offsets
-    ratios = np.asarray(stars["flux_ratio"])
-    assert np.all(np.abs(ratios - 1) < tolerance_flux), np.round(ratios, 3)
+    ratios, errors = np.asarray(stars["flux_ratio"]), np.asarray(stars["ratio_error"])
+    assert abs(np.median(ratios) - 1) < tolerance_flux, np.round(ratios, 3)
+    assert np.all(np.abs(ratios - 1) < tolerance_flux + 3 * errors), np.round([ratios, errors], 3)
 
 
 def _transparency(truth):
@@ -137,6 +139,8 @@ def test_velocity_field_of_the_disc_and_the_barycentric_correction(sample, progr
     from pymusepipe.demo import compare_with_truth
     from pymusepipe.truthcheck import predicted_rv_corrections
 
+    from pymusepipe.truthcheck import measure_velocity_field, summarize_velocity_field
+
     truth = _truth(programme, "DEMO")
     result = compare_with_truth(sample.targets["DEMO"].pipes[1], truth)
     predicted, applied = result["rv_predicted"], result["rv_applied"]
@@ -147,10 +151,15 @@ def test_velocity_field_of_the_disc_and_the_barycentric_correction(sample, progr
         # way, and within the diurnal term (< 0.85 km/s) of the physical correction.
         assert value == pytest.approx(as_pipeline[date_obs], abs=0.01)
         assert abs(value - predicted[date_obs]) < 0.85
-    velocity = result["velocity"]
-    assert velocity is not None and velocity["n"] >= 20, result["velocity_field"]
+    # The velocity field along the strip: apertures 0.6" wide through the whole one-IFU strip (13 spaxels). In
+    # smaller apertures ESO's drizzle adds a row-to-row pattern of +-2-3 km/s (slices 1+1/24 spaxel apart on a
+    # 0.2" grid; docs/simulator.md, "The velocity field"), which averages out over the strip.
+    field = measure_velocity_field(result["cube"], truth, rv_correction_kms=result["rv_correction"],
+                                   bin_spaxels=(3, 13))
+    velocity = summarize_velocity_field(field)
+    assert velocity["n"] >= 10, field
     assert velocity["model_max"] - velocity["model_min"] > 50          # the field spans the rotation
-    assert velocity["median_abs_error"] <= 3.0, result["velocity_field"]
+    assert velocity["median_abs_error"] <= 3.0, field
 
 
 # ------------------------------------------------------------------------------------------ NOSKY
@@ -205,25 +214,39 @@ def test_mosaic_on_the_reference_photometric_scale(sample, programme):
 
 
 def test_mosaic_pointings_agree_in_their_overlaps(sample, programme):
+    """Each pointing's cube on the mosaic's grid: voxel by voxel, in the spaxels both cover away from the stars
+    (there the nights' different seeing changes the profiles), they agree within
+    their noise (3 sigma)."""
+    truth = _truth(programme, "MOSAIC")
     target = sample.targets["MOSAIC"]
     cubes = []
     for pipe in target.pipes.values():
         cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_MOSAIC_{pipe.layout.pointing_name}.fits"
         with fits.open(cube) as hdul:
-            cubes.append((hdul["DATA"].header["NAXIS1"], hdul["DATA"].header["NAXIS2"],
-                          np.nanmean(hdul["DATA"].data[1200:2400], axis=0),
-                          np.sqrt(np.nanmean(hdul["STAT"].data[1200:2400], axis=0) / 1200)))
-    assert len({(nx, ny) for nx, ny, _, _ in cubes}) == 1, "pointing cubes are not on one grid"
+            header = hdul["DATA"].header
+            cubes.append((header, hdul["DATA"].data[1500:2300].astype(float),
+                          hdul["STAT"].data[1500:2300].astype(float)))
+    assert len({(h["NAXIS1"], h["NAXIS2"], h["CRVAL1"], h["CRPIX1"]) for h, _, _ in cubes}) == 1, \
+        "pointing cubes are not on one grid"
+    from astropy.wcs import WCS
+
+    celestial = WCS(cubes[0][0]).celestial
+    ny, nx = cubes[0][1].shape[1:]
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    ra, dec = celestial.pixel_to_world_values(xx, yy)
+    away = np.ones((ny, nx), dtype=bool)
+    for source in truth["point_sources"]:
+        away &= np.hypot((ra - source["ra"]) * np.cos(np.radians(dec)), dec - source["dec"]) * 3600 > 2.5
     compared = 0
     for i in range(len(cubes)):
         for j in range(i + 1, len(cubes)):
-            a, sa = cubes[i][2], cubes[i][3]
-            b, sb = cubes[j][2], cubes[j][3]
-            both = np.isfinite(a) & np.isfinite(b)
-            if both.sum() < 20:
+            (_, a, va), (_, b, vb) = cubes[i], cubes[j]
+            both = np.isfinite(a) & np.isfinite(b) & np.isfinite(va) & np.isfinite(vb) & away[None]
+            if both.sum() < 10000:
                 continue
-            deviation = (a[both] - b[both]) / np.hypot(sa[both], sb[both])
-            assert np.median(np.abs(deviation)) < 3.0 and np.mean(np.abs(deviation) < 3) > 0.95, (i, j)
+            deviation = (a[both] - b[both]) / np.sqrt(va[both] + vb[both])
+            assert abs(np.median(deviation)) < 0.5, (i, j, np.median(deviation))
+            assert np.mean(np.abs(deviation) < 3) > 0.95, (i, j, np.mean(np.abs(deviation) < 3))
             compared += 1
     assert compared >= 2   # P01-P02 and P02-P03 overlap
 
@@ -255,12 +278,12 @@ def masters_only(sample, programme, tmp_path_factory):
         if entry["kind"] in ("OBJECT", "SKY", "ILLUM"):
             os.link(root / entry["file"], raw / Path(entry["file"]).name)
     night = root / "Calibrations" / "2026-03-14"
-    masters = {}
+    masters = []
     for table in night.glob("Astro_Tables/*_products.fits"):
         for row in Table.read(table):
             if row["tag"] in ("MASTER_BIAS", "MASTER_FLAT", "TRACE_TABLE", "WAVECAL_TABLE", "LSF_PROFILE",
                               "TWILIGHT_CUBE", "STD_RESPONSE", "STD_TELLURIC"):
-                masters.setdefault(str(row["tag"]), []).append(root / row["path"])
+                masters.append(root / row["path"])
     write_archive_masters(raw, masters)
     rc = other / "rc.dic"
     rc.write_text(programme.rc_file.read_text().replace(str(root), str(other)))
