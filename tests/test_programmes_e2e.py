@@ -40,7 +40,9 @@ def programme(tmp_path_factory):
     root = tmp_path_factory.mktemp("programme") / "data"
     run = simulate_programme(root, example_programme(seed=5))
     yield run
-    shutil.rmtree(root, ignore_errors=True)
+    # A failing run is easier to study with its data: PYMUSEPIPE_KEEP_TEST_DATA=1 keeps it.
+    if not os.environ.get("PYMUSEPIPE_KEEP_TEST_DATA"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
