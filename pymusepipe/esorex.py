@@ -238,6 +238,11 @@ _FILENAMES = (re.compile(r"filename='(?P<path>[^']+)'"),
               re.compile(r'"(?P<path>/[^"\[]+)(?:\[(?P<ext>[^\]]+)\])?"'))
 _EXTENSION = re.compile(r"extension (?P<ext>[\w.]+) from")
 _CFITSIO_TEXT = re.compile(r'"(?P<text>[^"]+)" from CFITSIO[^)]*\)\s*(?P<call>\w+)\(\)=(?P<status>\d+)')
+#: CFITSIO statuses of a file that could not be created or written (FILE_NOT_CREATED, WRITE_ERROR): a product
+#: the recipe was saving, usually on a full disk, not an input it could not read.
+_CFITSIO_WRITE_STATUS = frozenset({"105", "106"})
+#: Below this many free bytes a file system counts as full when a recipe could not write a product.
+_FULL_DISK_BYTES = 1 << 20
 _MISSING_TAG = re.compile(r"found \d+ (?:input )?frames? with tag|No valid raw tag|no .* found in input",
                           re.IGNORECASE)
 
@@ -299,8 +304,25 @@ def _file_state(path: str) -> str:
     return ""
 
 
-def _file_headline(messages, check_files: bool):
-    """(headline, path) for the first file that could not be read, or None."""
+def _disk_state(path: str) -> str:
+    """'the disk is full (...)' when the file system holding ``path`` has (almost) no room left, else ''."""
+    from .errors import _mount_point
+
+    folder = os.path.dirname(path) or "."
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = stat.f_bavail * stat.f_frsize
+    if free >= _FULL_DISK_BYTES:
+        return ""
+    return f"the disk is full ({free // 1024} kB free on {_mount_point(Path(folder))}; df -h {folder})"
+
+
+def _file_headline(messages, check_files: bool, cwd=None):
+    """(headline, path) for the first file that could not be read (or written), or None."""
     for index, message in enumerate(messages):
         if not _FILE_PROBLEM.search(message):
             continue
@@ -313,28 +335,36 @@ def _file_headline(messages, check_files: bool):
                 break
         if not path:
             continue
+        named = path
+        if cwd is not None and not os.path.isabs(path):
+            # esorex names the products it saves relative to its working folder (the job's output folder):
+            # judged from this process's working folder they would always seem not to exist.
+            path = os.path.join(str(cwd), path)
         extension = extension or (_EXTENSION.search(message).group("ext") if _EXTENSION.search(message) else None)
         # The library's own words for the same file (CFITSIO's text and status) say most about why.
         detail = ""
+        writing = False
         for other in messages[index:]:
             cfitsio = _CFITSIO_TEXT.search(other)
-            if cfitsio and path in other:
+            if cfitsio and named in other:
                 detail = f"{cfitsio.group('text')} (CFITSIO status {cfitsio.group('status')})"
+                writing = cfitsio.group("status") in _CFITSIO_WRITE_STATUS
                 break
         if not detail:
             detail = "the file could not be opened" if "open" in message.lower() else message
         where = f"{path} (extension {extension})" if extension else path
-        headline = f"cannot read {where}: {detail}"
-        state = _file_state(path) if check_files else ""
+        # A product that could not be saved: say so, and whether its disk is full (the usual reason).
+        headline = f"cannot {'write' if writing else 'read'} {where}: {detail}"
+        state = ((writing and _disk_state(path)) or _file_state(path)) if check_files else ""
         if state:
             headline += f"; now: {state}"
         return headline, path
     return None
 
 
-def _headline(messages, check_files: bool):
+def _headline(messages, check_files: bool, cwd=None):
     causes = [message for message in messages if message and not _NOT_A_CAUSE.match(message)]
-    found = _file_headline(causes, check_files)
+    found = _file_headline(causes, check_files, cwd)
     if found:
         return found
     for message in causes:
@@ -343,7 +373,8 @@ def _headline(messages, check_files: bool):
     return (causes[0] if causes else (messages[0] if messages else "")), ""
 
 
-def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: bool = True) -> EsorexLog:
+def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: bool = True,
+              cwd=None) -> EsorexLog:
     """Scan an esorex log line by line (never loads it whole): ``[ERROR]`` lines, warning count, tail, and
     the headline: the first real cause of a failure.
 
@@ -360,7 +391,9 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: boo
         Lines kept for the tail and the error list.
     check_files : bool
         Look at the file the headline names (exists? truncated? via :func:`~pymusepipe.fitsheader.check_fits_size`,
-        headers only) and say what is wrong with it now.
+        headers only; for a product that could not be written, is its disk full?) and say what is wrong now.
+    cwd : path, optional
+        esorex's working folder, against which the relative file names of its products are read.
     """
     from collections import deque
 
@@ -382,7 +415,7 @@ def parse_log(path, tail_lines: int = 20, max_errors: int = 50, check_files: boo
                 summary.n_warnings += 1
     summary.tail = list(tail)
     if messages:
-        summary.headline, summary.cause_path = _headline(messages, check_files)
+        summary.headline, summary.cause_path = _headline(messages, check_files, cwd)
     return summary
 
 

@@ -191,7 +191,7 @@ def classify_outcome(command: Command, outcome: Outcome, tail_lines: int = 15) -
         return JobResult(command.name, STATUS_FAILED, message=outcome.error, **base)
     log_path = command.esorex_log if command.esorex_log and Path(command.esorex_log).is_file() \
         else command.stdout_path
-    log = parse_log(log_path, tail_lines=tail_lines)
+    log = parse_log(log_path, tail_lines=tail_lines, cwd=command.cwd)
     message = ""
     if outcome.timed_out:
         message = f"timed out after {outcome.duration:.0f} s and was killed"

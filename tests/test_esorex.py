@@ -130,6 +130,24 @@ def test_headline_says_what_is_wrong_with_the_file_now(tmp_path):
     assert parse_log(tmp_path / "esorex.log").headline.endswith("; now: it does not exist")
 
 
+def test_headline_of_a_product_that_could_not_be_written_names_it_and_a_full_disk(tmp_path, monkeypatch):
+    # muse_bias on a full disk (a tmpfs): CFITSIO fails writing the product, named relative to esorex's working
+    # folder (the job's output folder), which is where it is looked for.
+    log = parse_log(LOGS / "muse_bias_disk_full.stdout", check_files=False, cwd="/tmp/esx/full/job")
+    assert log.headline == ("cannot write /tmp/esx/full/job/MASTER_BIAS-01.fits: error writing to FITS file "
+                            "(CFITSIO status 106)")
+    assert log.cause_path == "/tmp/esx/full/job/MASTER_BIAS-01.fits"
+    job = tmp_path / "job"
+    job.mkdir()
+    assert parse_log(LOGS / "muse_bias_disk_full.stdout", cwd=job).headline.endswith("; now: it does not exist")
+    import os
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=2, f_frsize=4096))
+    headline = parse_log(LOGS / "muse_bias_disk_full.stdout", cwd=job).headline
+    assert "; now: the disk is full (8 kB free on " in headline and headline.endswith(f"; df -h {job})")
+
+
 def test_headline_without_file_or_tag_errors_skips_follow_on_lines(tmp_path):
     log = tmp_path / "esorex.log"
     log.write_text("10:00:00 [ ERROR ] muse_scipost: [tid=000] something specific went wrong\n"
