@@ -138,6 +138,13 @@ class MusePipe:
             raise MissingPathError(f"raw folder {self.layout.folder('raw')} does not exist",
                                    f"put the raw files of target {self.targetname}, pointing {self.pointing} "
                                    "there (or check root, the target name and the pointing number)")
+        if not self.fakemode:
+            # The lock is held only while jobs run (run_plans), but a run already working on this pointing must
+            # stop this one here, before it writes anything (the scan tables, the copies of the configuration, a
+            # reset of the replay log): taken and given back at once, it raises LockHeldError naming the holder
+            # (and takes over a lock left by a dead run, with a warning).
+            with self.lock():
+                pass
         self.layout.create_working_folders()
         if not self.fakemode:
             for source in (rc_filename, cal_filename):

@@ -211,3 +211,25 @@ def test_several_folders_and_a_missing_one(tmp_path):
     assert not (tmp_path / "P01" / LOCK_NAME).exists()
     with pytest.raises(MissingPathError, match="nowhere"):
         FolderLock(tmp_path / "nowhere").acquire()
+
+
+def test_a_run_on_a_locked_pointing_stops_before_writing_anything(tmp_path):
+    # A second MusePipe on a pointing another process is reducing: refused at once, naming the holder, before
+    # its scan tables, its copy of the configuration or a reset of the replay log touch the first run's folder.
+    from rawframes import empty_calibration_kit, primary_header, write_raw
+
+    from pymusepipe.musepipe import MusePipe
+
+    calib, raw = empty_calibration_kit(tmp_path)
+    write_raw(raw / "bias.fits", primary_header("CALIB", "BIAS"))
+    pointing = raw.parent
+    first = _holder(tmp_path, pointing)
+    try:
+        assert first.stdout.readline().startswith("ACQUIRED")
+        before = sorted(pointing.rglob("*"))
+        with pytest.raises(LockHeldError, match=f"NGC1000 pointing 1 is in use by another pymusepipe run: "
+                                                f"pid {first.pid} "):
+            MusePipe("NGC1000", 1, musecalib=calib, root=tmp_path / "data", reset_log=True, verbose=False)
+        assert sorted(pointing.rglob("*")) == before
+    finally:
+        first.communicate("")
