@@ -372,6 +372,13 @@ class Scheduler:
             self._interrupt(running, events, results)
             raise RunInterrupted({task.name: results[task.name] for task in tasks if task.name in results}) \
                 from None
+        except Exception as error:
+            # An error of ours ends the run (a table that cannot be written: disk full). Jobs still running are
+            # stopped first: nobody would finalise them, and they would go on writing after the run and its
+            # locks are gone. Like interrupted jobs they are not recorded; the next run does them again.
+            if running:
+                self._interrupt(running, events, results, why=f"{type(error).__name__}: {error}")
+            raise
         finally:
             bar.close()
             local_pool.shutdown(wait=False)
@@ -404,10 +411,10 @@ class Scheduler:
             logger.info("%s: %s (%.0f s)", task.name, result.status, result.duration)
         return result
 
-    def _interrupt(self, running: dict, events: queue.Queue, results: dict):
+    def _interrupt(self, running: dict, events: queue.Queue, results: dict, why: str = "interrupted"):
         """Stop every running command; running tasks end as interrupted (not failed, not recorded)."""
         commands = [entry[2] for entry in running.values() if entry[1] is not None]
-        logger.warning("interrupted: stopping %d running job(s)", len(running))
+        logger.warning("%s: stopping %d running job(s)", why, len(running))
         try:
             self.executor.cancel(commands)
         finally:

@@ -184,3 +184,23 @@ def test_a_job_needing_more_memory_than_the_budget_is_never_started(tmp_path):
     assert results["huge"].status == "failed" and "more than the budget of 4.0 GB" in results["huge"].message
     assert results["after"].status == "skipped" and not (tmp_path / "ran").exists()
     assert not any(event[:2] == ("prepare", "huge") for event in events)
+
+
+def test_an_error_recording_a_job_stops_the_jobs_still_running(tmp_path):
+    # A table that cannot be written (a full disk) while another job runs ends the run: the other job must not
+    # go on, unwatched, after the run (and its locks) are gone.
+    from pymusepipe.errors import DiskFullError
+
+    marker = tmp_path / "long.pid"
+
+    class Unrecordable(CommandTask):
+        def record(self, result):
+            raise DiskFullError("disk full (no space left on device) while writing x_jobs.fits", "free space")
+
+    tasks = [CommandTask(tmp_path, "long", ["sh", "-c", f"echo $$ > {marker}; exec sleep 60"]),
+             Unrecordable(tmp_path, "short", ["sh", "-c", "sleep 0.5"])]
+    start = time.monotonic()
+    with pytest.raises(DiskFullError):
+        _run(tasks, cpus=[0, 1])
+    assert time.monotonic() - start < 30
+    assert not _alive(int(marker.read_text()))
