@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import PipelineError
+from .errors import PipelineError, from_os_error
 from .recipes import format_parameter
 
 __all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "split_pinning_prefix",
@@ -75,7 +75,10 @@ def write_sof(path, entries: Iterable) -> str:
     if not sof_path.parent.is_dir():
         sof_path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{row.path} {row.tag}\n" for row in rows)
-    sof_path.write_text(text)
+    try:
+        sof_path.write_text(text)
+    except OSError as error:   # ENOSPC while writing does not name the file
+        raise from_os_error(error, sof_path, "writing the SOF") from error
     return text
 
 

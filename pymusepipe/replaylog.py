@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .errors import from_os_error
 from .esorex import PINNING_NONE, split_pinning_prefix
 from .version import __version__
 
@@ -176,8 +177,12 @@ class ReplayLog:
         if buffer is not None:
             buffer.append(text)
             return
-        with self._lock, self.path.open("a") as stream:
-            stream.write(text)
+        try:
+            with self._lock, self.path.open("a") as stream:
+                stream.write(text)
+        except OSError as error:
+            # A write to an open file does not name it: say which file (a full disk must name its place).
+            raise from_os_error(error, self.path, "writing the replay log") from error
 
     @contextlib.contextmanager
     def batch(self):

@@ -230,3 +230,11 @@ def test_real_recipes_blame_the_truncated_file(tmp_path):
         master.unlink()
     for path in biases + [cut]:
         path.unlink()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_sof_on_a_full_disk_is_an_error_naming_it():
+    from pymusepipe.errors import DiskFullError
+
+    with pytest.raises(DiskFullError, match="while writing the SOF /dev/full"):
+        write_sof("/dev/full", [("/raw/b1.fits", "BIAS", 1.0)])

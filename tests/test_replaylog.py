@@ -179,3 +179,13 @@ def test_a_log_of_an_older_version_is_upgraded_and_stays_runnable(tmp_path):
     assert (job / "new.txt").read_text().splitlines()[0] == str(NCPUS)
     ReplayLog(path)  # opening it again changes nothing
     assert path.read_text() == text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_full_disk_names_the_log(tmp_path):
+    from pymusepipe.errors import DiskFullError
+
+    log = ReplayLog(tmp_path / "Log" / "MusePipe.log")
+    log.path = Path("/dev/full")   # every write: no space left on device
+    with pytest.raises(DiskFullError, match="while writing the replay log /dev/full; free space on"):
+        log.comment("a job failed")
