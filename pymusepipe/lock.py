@@ -78,6 +78,17 @@ def _user() -> str:
         return str(os.getuid())
 
 
+def _command_line() -> str:
+    """This process's command line as the user typed it: ``pymusepipe run ...``, ``python -m pymusepipe run ...``
+    (whose ``sys.argv[0]`` is the path of the package's ``__main__.py``), ``script.py ...``."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py":
+        return f"python -m {program.parent.name} {shlex.join(sys.argv[1:])}".rstrip()
+    return shlex.join([program.name] + sys.argv[1:])
+
+
 def read_lock(path) -> dict | None:
     """What a lock file says (a dict), ``None`` if there is none; raises ``ValueError`` if unreadable."""
     path = Path(path)
@@ -158,7 +169,7 @@ class FolderLock:
         self.folder = Path(folder).absolute()
         self.path = self.folder / LOCK_NAME
         if command is None:
-            command = shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv and sys.argv[0] else "python"
+            command = _command_line()
         self.command = command
         self.purpose = purpose or str(self.folder)
         self.token = uuid.uuid4().hex

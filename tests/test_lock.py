@@ -233,3 +233,12 @@ def test_a_run_on_a_locked_pointing_stops_before_writing_anything(tmp_path):
         assert sorted(pointing.rglob("*")) == before
     finally:
         first.communicate("")
+
+
+def test_the_holder_command_reads_as_typed(monkeypatch):
+    from pymusepipe.lock import _command_line
+
+    monkeypatch.setattr(sys, "argv", [f"{PACKAGE_ROOT}/pymusepipe/__main__.py", "run", "--target", "NGC 1000"])
+    assert _command_line() == "python -m pymusepipe run --target 'NGC 1000'"
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/pymusepipe", "run"])
+    assert _command_line() == "pymusepipe run"
