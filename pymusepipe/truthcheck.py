@@ -396,7 +396,6 @@ def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxe
         wcs = WCS(hdul["DATA"].header)
     celestial = wcs.celestial
     wavelength = _cube_wavelengths(wcs, data.shape[0])
-    scale = float(np.mean(np.abs(proj_plane_pixel_scales(celestial))) * 3600.0)
     ny, nx = data.shape[1:]
     x_centre, y_centre = (float(v) for v in celestial.world_to_pixel_values(disc["ra"], disc["dec"]))
     # the wavelengths the lines can reach (rotation, correction, 20 A of continuum either side)
