@@ -106,6 +106,21 @@ def _image_figsize(shape, width=8.0):
     return width, float(np.clip(width * ny / max(nx, 1) + 1.6, 2.8, 7.5))
 
 
+def _white_image_and_spectra_axes(white):
+    """A figure with the white-light image drawn and an empty panel for spectra: the image above the spectra,
+    full width, for a strip (a few IFUs), side by side otherwise."""
+    plt = _pyplot()
+    if white.shape[1] > 2.5 * white.shape[0]:
+        image_height = _image_figsize(white.shape, 12.0)[1]
+        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, image_height + 4.5),
+                                                   gridspec_kw={"height_ratios": [image_height, 4.5]})
+    else:
+        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
+    vmin, vmax = _limits(white, 0.5, 99.5)
+    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    return fig, ax_image, ax_spectra
+
+
 def _axis_values(header, axis: int, size: int):
     """World values along a linear FITS axis (CRVAL + CDi_i or CDELT)."""
     step = header.get(f"CD{axis}_{axis}", header.get(f"CDELT{axis}", 1.0))
@@ -527,14 +542,7 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
                 spectra[index, start:start + chunk.shape[0]] = np.where(
                     np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
         primary = hdus[0].header
-    if white.shape[1] > 2.5 * white.shape[0]:  # a strip (few IFUs): image above the spectra, full width
-        image_height = _image_figsize(white.shape, 12.0)[1]
-        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, image_height + 4.5),
-                                                   gridspec_kw={"height_ratios": [image_height, 4.5]})
-    else:
-        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
-    vmin, vmax = _limits(white, 0.5, 99.5)
-    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    fig, ax_image, ax_spectra = _white_image_and_spectra_axes(white)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (cy, cx) in enumerate(centres):
         color = colors[index % len(colors)]
@@ -803,15 +811,7 @@ def mosaic_spectra(cube_path, png, *, n_apertures: int = 4, radius_arcsec: float
     centres += [spot for spot in _bright_spots(white, n_apertures - 1, max(radius, 1.0))
                 if (spot[0] - centres[0][0]) ** 2 + (spot[1] - centres[0][1]) ** 2 > radius ** 2]
     unit = cube.primary_header.get("BUNIT", "") or cube.data_header.get("BUNIT", "")
-    strip = white.shape[1] > 2.5 * white.shape[0]
-    if strip:
-        height = _image_figsize(white.shape, 12.0)[1]
-        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, height + 4.5),
-                                                   gridspec_kw={"height_ratios": [height, 4.5]})
-    else:
-        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
-    vmin, vmax = _limits(white, 0.5, 99.5)
-    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    fig, ax_image, ax_spectra = _white_image_and_spectra_axes(white)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (cy, cx) in enumerate(centres):
         color = colors[index % len(colors)]
