@@ -46,8 +46,6 @@ def add_config_arguments(parser):
 
 
 def _pointings_of(config, target, spec):
-    from .layout import PointingLayout
-
     if spec:
         try:
             return [int(part) for part in str(spec).split(",") if part.strip()]

@@ -28,10 +28,11 @@ from .association import (Association, CalibrationCandidate, InputFrame, Missing
                           MissingCalibrationError, ValidityTable, associate, job_mjd)
 from .esorex import available_cpus, build_command, check_parameters, pipeline_version, write_sof
 from .executors import Executor, FakeExecutor, LocalExecutor
+from .atomic import atomic_move
 from .layout import AreaLayout
 from .memory import memory_need
 from .products import (CatalogueSet, JobRecord, JobTable, PlannedProduct, ProductCatalogue, ProductRecord,
-                       atomic_move, file_checksum, final_product_name, fingerprint, product_integrity)
+                       file_checksum, final_product_name, fingerprint, product_integrity)
 from .recipes import NAMING_DATEOBS, NAMING_SEQUENCE, RecipeSpec, RecipeTable, default_recipe_table
 from .replaylog import ReplayLog
 from .scheduler import (STATUS_DONE, STATUS_PLANNED, STATUS_UPTODATE, Command, JobResult, Scheduler, Task)

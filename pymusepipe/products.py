@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,10 +29,11 @@ from typing import Iterable, Mapping, Sequence
 from astropy.table import Table
 
 from .association import CalibrationCandidate
+from .atomic import write_atomically
 from .layout import relative_to_root, resolve_from_root
 
 __all__ = ["PlannedProduct", "ProductRecord", "JobRecord", "ProductCatalogue", "CatalogueSet", "JobTable",
-           "file_checksum", "file_signature", "fingerprint", "final_product_name", "atomic_move",
+           "file_checksum", "file_signature", "fingerprint", "final_product_name",
            "product_integrity", "write_table_atomically"]
 
 logger = logging.getLogger(__name__)
@@ -197,25 +197,10 @@ def _table_to_records(table: Table, record_type) -> list:
 
 
 def write_table_atomically(table: Table, path: Path):
-    """Write then rename, so a reader never sees a half-written table; a failure (disk full) leaves neither
-    a temporary file nor a damaged table, and is raised as a :class:`~pymusepipe.errors.PipelineError`
-    (``DiskFullError``, ``PermissionDeniedError``) naming the table."""
-    from .errors import from_os_error  # here: only this function of the module is the fault helper's
-
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.write(temporary, format="fits", overwrite=True)
-        os.replace(temporary, path)
-    except BaseException as error:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise from_os_error(error, path, "writing") from error
-        raise
+    """Write a FITS table whole or not at all (:func:`pymusepipe.atomic.write_atomically`): a failure (disk
+    full) leaves the previous table and no temporary file, and is raised as a
+    :class:`~pymusepipe.errors.PipelineError` (``DiskFullError``, ``PermissionDeniedError``) naming it."""
+    write_atomically(path, lambda temporary: table.write(temporary, format="fits", overwrite=True))
 
 
 def file_checksum(path) -> str:
@@ -447,21 +432,3 @@ def fingerprint(recipe: str, parameters: Mapping, inputs: Sequence, calibrations
         "ifus": list(ifus),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def atomic_move(source, destination):
-    """Move a finished product into the layout in one step (rename; copy + rename across file systems)."""
-    source, destination = Path(source), Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(source, destination)
-    except OSError:
-        # Another file system: copy next to the destination, then rename, so no half file is ever visible.
-        temporary = destination.with_name(f".{destination.name}.part")
-        try:
-            shutil.copy2(source, temporary)
-            os.replace(temporary, destination)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        source.unlink()

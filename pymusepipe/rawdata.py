@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import numpy as np
 from astropy.table import Table
 
 from . import instrument
-from .errors import MissingPathError, from_os_error
+from .atomic import write_atomically
+from .errors import MissingPathError, PipelineError
 from .fitsheader import FitsHeaderError, FitsReadError, FitsTruncatedError, read_primary_header_checked
 
 __all__ = ["RawFolderError", "RawScan", "scan_raw", "RAW_COLUMNS", "FITS_SUFFIXES",
@@ -249,9 +249,9 @@ class _HeaderCache:
             return
         self.entries = {name: entry for name, entry in self.entries.items() if name in keep}
         try:
-            _write_atomically(self.path, lambda tmp: tmp.write_text(
+            write_atomically(self.path, lambda tmp: tmp.write_text(
                 json.dumps({"version": CACHE_VERSION, "entries": self.entries})))
-        except OSError as error:
+        except (OSError, PipelineError) as error:
             # Only a cache: the scan's result stands, the next scan reads the headers again.
             logger.warning("header cache not saved: %s", error)
 
@@ -391,38 +391,9 @@ def write_scan_tables(scan: RawScan, folder, overwrite=True):
                 logger.warning("%s kept (overwrite_astropy_table=False) but the new scan differs: %d rows now, "
                                "%d in the file", path, len(table), len(previous))
         else:
-            _write_atomically(path, lambda tmp: table.write(tmp, format="fits", overwrite=True))
+            write_atomically(path, lambda tmp: table.write(tmp, format="fits", overwrite=True))
         written.append(path)
     return tuple(written)
-
-
-def _write_atomically(path: Path, write):
-    """``write(temporary_path)`` then rename onto ``path``: a reader never sees a half-written file, and a
-    failure (disk full) leaves neither a temporary file nor a damaged ``path``.
-
-    Raises
-    ------
-    DiskFullError, PermissionDeniedError, MissingPathError
-        From :func:`pymusepipe.errors.from_os_error`, naming ``path``.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise from_os_error(error, path.parent, "creating") from error
-    # A unique name (not mkstemp, whose 0600 mode would hide the tables from colleagues).
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException as error:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise from_os_error(error, path, "writing") from error
-        raise
 
 
 def read_scan_tables(folder):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import re
 import shlex
 import sys
@@ -30,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .atomic import write_atomically
 from .errors import from_os_error
 from .esorex import PINNING_NONE, split_pinning_prefix
 from .version import __version__
@@ -164,13 +164,8 @@ class ReplayLog:
         backup = self.path.with_name(self.path.name + ".v1")
         if not backup.exists():
             backup.write_text(text)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_text(upgrade_text(text))
-            os.replace(temporary, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+        upgraded = upgrade_text(text)
+        write_atomically(self.path, lambda temporary: temporary.write_text(upgraded))
 
     def _write(self, text: str):
         buffer = getattr(self._local, "buffer", None)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
+from .atomic import write_atomically
 
 __all__ = ["aperture_ratio", "correct_response", "MARK_KEYWORD"]
 
@@ -87,9 +88,7 @@ def correct_response(std_response, datacube_std, std_fluxes, output=None, **kwar
                 table[column] = table[column] + correction
         median = float(np.median(correction))
         hdul[0].header[MARK_KEYWORD] = (round(median, 4), "[mag] narrow-field aperture correction")
-        partial = output.with_name(output.name + ".part")
-        hdul.writeto(partial, overwrite=True)
-    os.replace(partial, output)  # never a half-written response
+        write_atomically(output, lambda temporary: hdul.writeto(temporary, overwrite=True))  # never half a response
     logger.info("%s: response raised by %.3f mag (narrow-field aperture correction)", output, median)
     return median
 

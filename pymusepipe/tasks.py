@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
 from astropy.io import fits
+
+from .atomic import write_atomically
 
 __all__ = ["choose_offsets", "align_to_reference", "output_wcs", "EXPALIGN_MIN_MATCHES", "main"]
 
@@ -81,13 +82,8 @@ def choose_offsets(output, exposures, exp_align=None, min_matches: int = EXPALIG
             logger.warning("%s", message)
     else:
         message = "zero offsets: no muse_exp_align result"
-    output = Path(output)
-    partial = output.with_name(f".{output.name}.part")
-    try:
-        write_offset_list(list(rows.values()), partial, header={"HIERARCH PYMUSEPIPE OFFSETS SOURCE": source})
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(output, lambda temporary: write_offset_list(
+        list(rows.values()), temporary, header={"HIERARCH PYMUSEPIPE OFFSETS SOURCE": source}))
     return message
 
 
@@ -122,13 +118,7 @@ def align_to_reference(output, images, reference=None, filter_name=None, filter_
         table = align_images(images, reference, filter_name=filter_name, figure_folder=figure_folder)
         note = f"{len(images)} exposure(s) aligned to {Path(reference).name} (offsets and flux scales)"
     flagged = [Path(name).name for name, quality in zip(table["filename"], table["quality"]) if quality]
-    output = Path(output)
-    partial = output.with_name(f".{output.name}.part")
-    try:
-        write_alignment_offset_list(table, partial)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(output, lambda temporary: write_alignment_offset_list(table, temporary))
     if flagged:
         note += f"; flagged (left unmoved, unscaled): {', '.join(flagged)}"
     return note
@@ -204,13 +194,8 @@ def output_wcs(output, images, offset_list=None, spaxel_arcsec=0.2, margin_arcse
     header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = (float(cd[0, 0]), float(cd[0, 1]),
                                                                           float(cd[1, 0]), float(cd[1, 1]))
     header["HIERARCH ESO PRO CATG"] = "OUTPUT_WCS"
-    output = Path(output)
-    partial = output.with_name(f".{output.name}.part")
-    try:
-        fits.PrimaryHDU(data=np.zeros((ny, nx), dtype=np.uint8), header=header).writeto(partial, overwrite=True)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    grid_image = fits.PrimaryHDU(data=np.zeros((ny, nx), dtype=np.uint8), header=header)
+    write_atomically(output, lambda temporary: grid_image.writeto(temporary, overwrite=True))
     return f"OUTPUT_WCS {nx} x {ny} spaxels of {spaxel_arcsec:g}\" covering {len(images)} exposure(s)"
 
 

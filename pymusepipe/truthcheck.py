@@ -396,7 +396,6 @@ def measure_velocity_field(cube_path, truth, *, rv_correction_kms=0.0, bin_spaxe
         wcs = WCS(hdul["DATA"].header)
     celestial = wcs.celestial
     wavelength = _cube_wavelengths(wcs, data.shape[0])
-    scale = float(np.mean(np.abs(proj_plane_pixel_scales(celestial))) * 3600.0)
     ny, nx = data.shape[1:]
     x_centre, y_centre = (float(v) for v in celestial.world_to_pixel_values(disc["ra"], disc["dec"]))
     # the wavelengths the lines can reach (rotation, correction, 20 A of continuum either side)
@@ -473,12 +472,13 @@ def summarize_velocity_field(field) -> dict:
 
 def _tangent_offsets(ra, dec, ra0, dec0):
     """Gnomonic (TAN) standard coordinates [arcsec] of (ra, dec) about (ra0, dec0): (east, north)."""
-    ra, dec = np.radians(ra), np.radians(dec)
-    ra0, dec0 = math.radians(ra0), math.radians(dec0)
-    cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    east = np.cos(dec) * np.sin(ra - ra0) / cos_c
-    north = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cos_c
-    return np.degrees(east) * 3600.0, np.degrees(north) * 3600.0
+    tangent = WCS(naxis=2)
+    tangent.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    tangent.wcs.crval = [ra0, dec0]
+    tangent.wcs.crpix = [1.0, 1.0]  # FITS pixel 1 = 0-based pixel 0: the tangent point
+    tangent.wcs.cdelt = [1.0 / 3600.0, 1.0 / 3600.0]  # 1 arcsec per "pixel", east towards +x
+    east, north = tangent.wcs_world2pix(np.atleast_1d(ra), np.atleast_1d(dec), 0)
+    return east.reshape(np.shape(ra)), north.reshape(np.shape(dec))
 
 
 def measure_line_velocity(cube_path, ra, dec, rest_wavelength, guess_kms, *, radius_arcsec=1.0,

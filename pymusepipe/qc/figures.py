@@ -106,6 +106,21 @@ def _image_figsize(shape, width=8.0):
     return width, float(np.clip(width * ny / max(nx, 1) + 1.6, 2.8, 7.5))
 
 
+def _white_image_and_spectra_axes(white):
+    """A figure with the white-light image drawn and an empty panel for spectra: the image above the spectra,
+    full width, for a strip (a few IFUs), side by side otherwise."""
+    plt = _pyplot()
+    if white.shape[1] > 2.5 * white.shape[0]:
+        image_height = _image_figsize(white.shape, 12.0)[1]
+        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, image_height + 4.5),
+                                                   gridspec_kw={"height_ratios": [image_height, 4.5]})
+    else:
+        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
+    vmin, vmax = _limits(white, 0.5, 99.5)
+    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    return fig, ax_image, ax_spectra
+
+
 def _axis_values(header, axis: int, size: int):
     """World values along a linear FITS axis (CRVAL + CDi_i or CDELT)."""
     step = header.get(f"CD{axis}_{axis}", header.get(f"CDELT{axis}", 1.0))
@@ -465,12 +480,13 @@ def alignment_offsets(path, png) -> Path:
     return _save(fig, png)
 
 
-def _white_light(data):
-    """NaN-mean over wavelength, read a chunk of planes at a time (memory-mapped cubes stay on disk)."""
-    total = np.zeros(data.shape[1:], dtype=np.float64)
-    count = np.zeros(data.shape[1:], dtype=np.int64)
-    for start in range(0, data.shape[0], _PLANES_PER_CHUNK):
-        chunk = np.asarray(data[start:start + _PLANES_PER_CHUNK], dtype=np.float64)
+def _white_light(read_planes, shape):
+    """NaN-mean over wavelength of a cube of ``shape``, read a chunk of planes at a time with
+    ``read_planes(start, stop)`` (float64, NaN where no data): a full-field cube never sits in memory whole."""
+    total = np.zeros(shape[1:], dtype=np.float64)
+    count = np.zeros(shape[1:], dtype=np.int64)
+    for start in range(0, shape[0], _PLANES_PER_CHUNK):
+        chunk = read_planes(start, min(start + _PLANES_PER_CHUNK, shape[0]))
         finite = np.isfinite(chunk)
         total += np.where(finite, chunk, 0.0).sum(axis=0)
         count += finite.sum(axis=0)
@@ -510,7 +526,7 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
         hdu = _image_hdu(hdus, path, names=("DATA",), ndim=3)
         data, header = hdu.data, hdu.header
         wavelengths = _axis_values(header, 3, data.shape[0])
-        white = _white_light(data)
+        white = _white_light(lambda start, stop: np.asarray(data[start:stop], dtype=np.float64), data.shape)
         if not np.isfinite(white).any():
             raise QCInputError(f"{path}: the cube has no finite value")
         centres = [(white.shape[0] // 2, white.shape[1] // 2)]
@@ -527,14 +543,7 @@ def cube_overview(path, png, *, n_apertures: int = 4, radius: float = 3.0) -> Pa
                 spectra[index, start:start + chunk.shape[0]] = np.where(
                     np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
         primary = hdus[0].header
-    if white.shape[1] > 2.5 * white.shape[0]:  # a strip (few IFUs): image above the spectra, full width
-        image_height = _image_figsize(white.shape, 12.0)[1]
-        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, image_height + 4.5),
-                                                   gridspec_kw={"height_ratios": [image_height, 4.5]})
-    else:
-        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
-    vmin, vmax = _limits(white, 0.5, 99.5)
-    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    fig, ax_image, ax_spectra = _white_image_and_spectra_axes(white)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (cy, cx) in enumerate(centres):
         color = colors[index % len(colors)]
@@ -645,15 +654,7 @@ def sky_residuals(cube_path, png, *, mode: str | None = None, fraction: float = 
     wavelengths = cube.wave.coord()
     unit = cube.primary_header.get("BUNIT", "") or cube.data_header.get("BUNIT", "")
     mode = mode or str(cube.primary_header.get("ESO INS MODE", ""))
-    total = np.zeros(cube.shape[1:])
-    count = np.zeros(cube.shape[1:], dtype=np.int64)
-    for start in range(0, n_lambda, _PLANES_PER_CHUNK):
-        chunk = _planes(cube, start, min(start + _PLANES_PER_CHUNK, n_lambda))
-        finite = np.isfinite(chunk)
-        total += np.where(finite, chunk, 0.0).sum(axis=0)
-        count += finite.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        white = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    white = _white_light(lambda start, stop: _planes(cube, start, stop), cube.shape)
     valid = np.isfinite(white)
     if valid.sum() < 5:
         raise QCInputError(f"{cube_path}: fewer than 5 spaxels with data")
@@ -785,16 +786,7 @@ def mosaic_spectra(cube_path, png, *, n_apertures: int = 4, radius_arcsec: float
     in each (mpdaf ``Cube.aperture``: only the aperture's sub-cube is read)."""
     plt = _pyplot()
     cube = _mpdaf_cube(cube_path)
-    n_lambda = cube.shape[0]
-    total = np.zeros(cube.shape[1:])
-    count = np.zeros(cube.shape[1:], dtype=np.int64)
-    for start in range(0, n_lambda, _PLANES_PER_CHUNK):
-        chunk = _planes(cube, start, min(start + _PLANES_PER_CHUNK, n_lambda))
-        finite = np.isfinite(chunk)
-        total += np.where(finite, chunk, 0.0).sum(axis=0)
-        count += finite.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        white = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    white = _white_light(lambda start, stop: _planes(cube, start, stop), cube.shape)
     if not np.isfinite(white).any():
         raise QCInputError(f"{cube_path}: the cube has no finite value")
     scale = 3600.0 * float(np.abs(cube.wcs.get_step(unit=None)).mean())
@@ -803,15 +795,7 @@ def mosaic_spectra(cube_path, png, *, n_apertures: int = 4, radius_arcsec: float
     centres += [spot for spot in _bright_spots(white, n_apertures - 1, max(radius, 1.0))
                 if (spot[0] - centres[0][0]) ** 2 + (spot[1] - centres[0][1]) ** 2 > radius ** 2]
     unit = cube.primary_header.get("BUNIT", "") or cube.data_header.get("BUNIT", "")
-    strip = white.shape[1] > 2.5 * white.shape[0]
-    if strip:
-        height = _image_figsize(white.shape, 12.0)[1]
-        fig, (ax_image, ax_spectra) = plt.subplots(2, 1, figsize=(12, height + 4.5),
-                                                   gridspec_kw={"height_ratios": [height, 4.5]})
-    else:
-        fig, (ax_image, ax_spectra) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
-    vmin, vmax = _limits(white, 0.5, 99.5)
-    ax_image.imshow(white, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax)
+    fig, ax_image, ax_spectra = _white_image_and_spectra_axes(white)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (cy, cx) in enumerate(centres):
         color = colors[index % len(colors)]

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from ..atomic import write_atomically
+
 __all__ = ["STYLE", "REPORT_NAME", "href", "link", "page_exists", "planned_pages", "escape", "write_page",
            "page_head", "status_badge", "table_html",
            "now_utc", "figure_html", "note_html"]
@@ -83,13 +85,9 @@ def page_head(title: str, nav=()) -> str:
 
 
 def write_page(path: Path, parts) -> Path:
-    """Write the page atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text("\n".join(parts + ["</body></html>\n"]), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    """Write the page whole or not at all (a browser never shows half a page)."""
+    text = "\n".join(parts + ["</body></html>\n"])
+    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def status_badge(status: str) -> str:

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_atomically
+from ..errors import PipelineError
 from . import figures
 from .pages import (REPORT_NAME, escape, figure_html, href, now_utc, page_exists, page_head, planned_pages,
                     status_badge, table_html, write_page)
@@ -278,14 +280,11 @@ def load_qc_cache(page_dir: Path) -> dict:
 
 
 def save_qc_cache(page_dir: Path, cache: dict):
-    path = Path(page_dir) / _QC_CACHE_NAME
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        temporary.write_text(json.dumps(cache))
-        os.replace(temporary, path)
-    except (OSError, TypeError, ValueError) as error:  # a value JSON cannot hold: no cache, same page
+        text = json.dumps(cache)
+        write_atomically(Path(page_dir) / _QC_CACHE_NAME, lambda temporary: temporary.write_text(text))
+    except (OSError, PipelineError, TypeError, ValueError) as error:  # a value JSON cannot hold: no cache
         logger.debug("QC keyword cache not written: %s", error)
-        temporary.unlink(missing_ok=True)
 
 
 def job_tables(area) -> list:
