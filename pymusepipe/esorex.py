@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import PipelineError, from_os_error
+from .atomic import write_atomically
+from .errors import PipelineError
 from .recipes import format_parameter
 
 __all__ = ["SofEntry", "write_sof", "read_sof", "build_command", "pinning_prefix", "split_pinning_prefix",
@@ -71,14 +72,8 @@ def write_sof(path, entries: Iterable) -> str:
             raise ValueError(f"SOF {path}: invalid tag {row.tag!r} for {row.path}")
     # Dated frames first in time order (dateobs products are numbered in this order), then undated ones.
     rows.sort(key=lambda row: (row.mjd is None, row.mjd if row.mjd is not None else 0.0))
-    sof_path = Path(path)
-    if not sof_path.parent.is_dir():
-        sof_path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{row.path} {row.tag}\n" for row in rows)
-    try:
-        sof_path.write_text(text)
-    except OSError as error:   # ENOSPC while writing does not name the file
-        raise from_os_error(error, sof_path, "writing the SOF") from error
+    write_atomically(path, lambda temporary: temporary.write_text(text))  # never half a SOF; errors name it
     return text
 
 

@@ -232,9 +232,16 @@ def test_real_recipes_blame_the_truncated_file(tmp_path):
         path.unlink()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
-def test_sof_on_a_full_disk_is_an_error_naming_it():
+def test_sof_on_a_full_disk_is_an_error_naming_it_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
     from pymusepipe.errors import DiskFullError
 
-    with pytest.raises(DiskFullError, match="while writing the SOF /dev/full"):
-        write_sof("/dev/full", [("/raw/b1.fits", "BIAS", 1.0)])
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # what a write on a full disk raises
+
+    monkeypatch.setattr(Path, "write_text", full)
+    sof = tmp_path / "Sof" / "muse_bias.sof"
+    with pytest.raises(DiskFullError, match=f"while writing {sof}"):
+        write_sof(sof, [("/raw/b1.fits", "BIAS", 1.0)])
+    assert list(sof.parent.iterdir()) == []
