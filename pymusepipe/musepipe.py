@@ -39,7 +39,7 @@ from .recipes import default_recipe_table
 from .replaylog import ReplayLog
 from .state import PointingState, StepStatus
 from .errors import MissingPathError, StepFailedError, StepInputError
-from .steps import STEPS, StepContext, StepPlan
+from .steps import DEFAULT_ALIGNMENT_FILTER, STEPS, StepContext, StepPlan
 
 __all__ = ["MusePipe", "STEPS", "StepInputError", "StepFailedError"]
 
@@ -112,7 +112,8 @@ class MusePipe:
 
     def __init__(self, targetname, pointing=1, rc_filename=None, cal_filename=None, *, config=None,
                  logfile="MusePipe.log", reset_log=False, fakemode=False, overwrite_astropy_table=True,
-                 filter_list="white", filter_for_alignment="Cousins_R", musemode=instrument.DEFAULT_MODE,
+                 filter_list="white", filter_for_alignment=DEFAULT_ALIGNMENT_FILTER,
+                 musemode=instrument.DEFAULT_MODE,
                  time_astrometry=False, pinning=None, cpus=None, memory_gb=None, executor="local",
                  ifu_mode=IFU_AUTO, overwrite=False, folders=None, verbose=True, esorex="esorex", client=None,
                  scheduler=None, exclude=None, parameters=None, prefer_archive_masters=False, engine=None,
@@ -126,7 +127,7 @@ class MusePipe:
         self.fakemode = bool(fakemode)
         self.overwrite_astropy_table = bool(overwrite_astropy_table)
         self.filter_list = str(filter_list)
-        self.filter_for_alignment = str(filter_for_alignment)
+        self.filter_for_alignment = str(filter_for_alignment or DEFAULT_ALIGNMENT_FILTER)
         self.time_astrometry = bool(time_astrometry)
         self.ifu_mode = ifu_mode
         #: Recipe parameter overrides (by step or recipe) applied to every step run by this object.

@@ -26,7 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--logfile", help="replay log name in Log/ (default MusePipe.log, Target.log for a target)")
     parser.add_argument("--reset-log", action="store_true", help="start the replay log afresh")
     parser.add_argument("--filter-list", default="white", help="filters of the final images (default white)")
-    parser.add_argument("--filter-for-alignment", default="Cousins_R", help="filter of the alignment images")
+    parser.add_argument("--filter-for-alignment",
+                        help="band of the alignment images (default: the reference image's band when the FILTER_LIST "
+                             "has it, else Cousins_R)")
     parser.add_argument("--no-illum", action="store_true", help="do not use the ILLUM flats")
     parser.add_argument("--fraction", type=float, default=0.8, help="muse_create_sky --fraction (default 0.8)")
     parser.add_argument("--time-astrometry", action="store_true",

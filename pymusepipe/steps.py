@@ -421,6 +421,11 @@ def _sky_for_exposure(ctx, frame) -> tuple:
     return {}, "no sky model", ""
 
 
+#: Band of the images the exposures are aligned with when nothing decides otherwise (a reference image's own
+#: band is preferred when the FILTER_LIST has it: see :func:`pymusepipe.target.alignment_band`).
+DEFAULT_ALIGNMENT_FILTER = "Cousins_R"
+
+
 def plan_prep_align(ctx, skymethod="none", filter_for_alignment=None, **_):
     """One muse_scipost per OBJECT exposure, without offsets, giving its image through the alignment filter.
 

@@ -32,11 +32,11 @@ from .layout import TargetLayout, pointing_folder_name
 from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures, step_outcome, unique_jobs
 from .products import PlannedProduct
 from .state import PointingState, StepStatus
-from .steps import (STEPS, StepContext, StepPlan, plan_align_bygroup, plan_align_bypointing, plan_bias,
-                    plan_combine_pointing, plan_flat, plan_lsf, plan_prep_align, plan_scibasic_all, plan_scipost,
-                    plan_scipost_sky, plan_sky, plan_standard, plan_twilight, plan_wave)
+from .steps import (DEFAULT_ALIGNMENT_FILTER, STEPS, StepContext, StepPlan, plan_align_bygroup, plan_align_bypointing,
+                    plan_bias, plan_combine_pointing, plan_flat, plan_lsf, plan_prep_align, plan_scibasic_all,
+                    plan_scipost, plan_scipost_sky, plan_sky, plan_standard, plan_twilight, plan_wave)
 
-__all__ = ["MuseTarget", "TARGET_STEPS", "discover_pointings", "union_raw_table"]
+__all__ = ["MuseTarget", "TARGET_STEPS", "discover_pointings", "union_raw_table", "alignment_band"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,30 @@ def discover_pointings(root, target, str_pointing="P", ndigits=2) -> list:
         raise FileNotFoundError(f"no pointing folder with a Raw folder in {folder} (expected "
                                 f"{pointing_folder_name(1, str_pointing, ndigits)}/Raw ...)")
     return found
+
+
+def alignment_band(reference, reference_filter=None, filter_list=None) -> str:
+    """The band of the images aligned to a reference: the reference's own band when the MUSE FILTER_LIST has
+    it (the flux scales then compare like with like: through two bands they would depend on each star's
+    colour), else :data:`~pymusepipe.steps.DEFAULT_ALIGNMENT_FILTER`, with a warning."""
+    if reference is None:
+        return DEFAULT_ALIGNMENT_FILTER
+    from astropy.io import fits
+
+    from .alignment import match_filter_name, reference_band
+
+    band = reference_filter or reference_band(reference)
+    names = []
+    if filter_list:
+        with fits.open(filter_list) as hdul:
+            names = [str(hdu.header.get("EXTNAME", hdu.name)).strip() for hdu in hdul[1:]]  # as spelt there
+    match = match_filter_name(band, names)
+    if match:
+        return match
+    logger.warning("%s: its band %s is not in the FILTER_LIST %s; the exposures are aligned through %s, so their "
+                   "flux scales include the colour difference of the two bands (give filter_for_alignment=)",
+                   reference, band or "(not in its header)", filter_list, DEFAULT_ALIGNMENT_FILTER)
+    return DEFAULT_ALIGNMENT_FILTER
 
 
 def union_raw_table(tables):
@@ -106,8 +130,11 @@ class MuseTarget:
         Replay log in ``<target>/Combined/Log/``.
     pointing_cubes : bool
         Also make each pointing's cube on the mosaic's grid.
+    filter_for_alignment : str, optional
+        Band of the images aligned to the reference; default: the reference's band when the FILTER_LIST has
+        it (:func:`alignment_band`), else Cousins_R.
     executor, client, scheduler, pinning, cpus, memory_gb, overwrite, fakemode, musemode, filter_list,
-    filter_for_alignment, time_astrometry, parameters, ifu_mode, exclude, prefer_archive_masters :
+    time_astrometry, parameters, ifu_mode, exclude, prefer_archive_masters :
         As for :class:`~pymusepipe.musepipe.MusePipe`; ``exclude`` applies to every pointing.
     engine : RecipeEngine, optional
         Share a sample's engine.
@@ -115,7 +142,7 @@ class MuseTarget:
 
     def __init__(self, targetname, pointings=None, rc_filename=None, cal_filename=None, *, config=None,
                  reference=None, reference_filter=None, logfile="Target.log", reset_log=False, fakemode=False,
-                 filter_list="white", filter_for_alignment="Cousins_R", musemode=instrument.DEFAULT_MODE,
+                 filter_list="white", filter_for_alignment=None, musemode=instrument.DEFAULT_MODE,
                  time_astrometry=False, executor="local", client=None, scheduler=None, pinning=None, cpus=None,
                  memory_gb=None, overwrite=False, parameters=None, pointing_cubes=False, verbose=True,
                  esorex="esorex", prefer_archive_masters=False, engine=None, **pipe_options):
@@ -129,7 +156,6 @@ class MuseTarget:
         self.musemode = instrument.check_mode(musemode)
         self.fakemode = bool(fakemode)
         self.filter_list = str(filter_list)
-        self.filter_for_alignment = str(filter_for_alignment)
         self.pointing_cubes = bool(pointing_cubes)
         self.reference = Path(reference).absolute() if reference is not None else None
         if self.reference is not None and not self.reference.is_file():
@@ -151,6 +177,8 @@ class MuseTarget:
                                  reset_log=reset_log)
         self.engine = engine
         self.engine.add_area(self.layout)
+        self.filter_for_alignment = filter_for_alignment or alignment_band(
+            self.reference, reference_filter, self.engine.static_calibrations.get("FILTER_LIST"))
         self.pipes = OrderedDict()
         for number in numbers:
             self.pipes[number] = MusePipe(

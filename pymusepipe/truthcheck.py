@@ -46,6 +46,8 @@ def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, nx), min(y1, ny)
     if x1 - x0 < half_size or y1 - y0 < half_size:
         return None
+    if not (x0 <= x_guess <= x1 - 1 and y0 <= y_guess <= y1 - 1):
+        return None  # centred off the image (e.g. just beyond a one-IFU strip's edge): not fully inside
     cutout = data[y0:y1, x0:x1]
     yy, xx = np.mgrid[y0:y1, x0:x1]
     good = np.isfinite(cutout)

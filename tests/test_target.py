@@ -116,3 +116,29 @@ def test_sample_descriptions(tmp_path):
     assert read_sample(["A", "B"], references={"B": "r.fits"}) == {"A": (None, None), "B": (None, "r.fits")}
     with pytest.raises(ValueError, match="'target' column"):
         read_sample(Table(rows=[("x",)], names=("name",)))
+
+
+def test_exposures_are_aligned_through_the_reference_band_when_the_filter_list_has_it(tmp_path, caplog):
+    import numpy as np
+    from astropy.io import fits
+
+    from pymusepipe.alignment import match_filter_name
+    from pymusepipe.target import alignment_band
+
+    assert match_filter_name("SDSS r", ["Cousins_R", "SDSS_r"]) == "SDSS_r"
+    assert match_filter_name("Rc", ["Johnson_V", "Cousins_R"]) == "Cousins_R"
+    assert match_filter_name("F814W", ["Cousins_R", "ACS_F814W"]) == "ACS_F814W"
+    assert match_filter_name("F814W", ["Cousins_R"]) is None and match_filter_name(None, ["Cousins_R"]) is None
+    filter_list = tmp_path / "filter_list.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [fits.BinTableHDU.from_columns(
+        [fits.Column(name="lambda", format="D", array=np.arange(3.0))], name=name)
+        for name in ("Johnson_V", "Cousins_R", "SDSS_r")]).writeto(filter_list)
+    reference = tmp_path / "reference.fits"
+    header = fits.Header()
+    header["FILTER"] = "sdssr"
+    fits.PrimaryHDU(np.zeros((4, 4)), header=header).writeto(reference)
+    assert alignment_band(reference, None, filter_list) == "SDSS_r"          # the header's band
+    assert alignment_band(reference, "V", filter_list) == "Johnson_V"        # the user's word wins
+    assert alignment_band(None, None, filter_list) == "Cousins_R"            # no reference: the default
+    assert alignment_band(reference, "F814W", filter_list) == "Cousins_R"    # not in the list: said, and default
+    assert "F814W is not in the FILTER_LIST" in caplog.text

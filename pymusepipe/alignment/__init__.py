@@ -10,6 +10,8 @@ write_offset_list, read_offset_list, validate_offset_list, merge_offset_lists
     The MUSE OFFSET_LIST file (sign convention documented in :mod:`pymusepipe.alignment.offset_list`).
 read_reference, read_muse_image, image_from_cube, pivot_wavelength
     Inputs.
+reference_band, match_filter_name
+    The band of a reference image, and its name in a MUSE FILTER_LIST.
 rotate_pixtable, rotate_pixtables
     Apply a measured rotation (``ROTANGLE``) to pixel tables through ``ESO INS DROT POSANG``.
 """
@@ -19,12 +21,14 @@ from .museimage import MuseImage, MuseImageError, image_from_cube, read_muse_ima
 from .offset_list import (OffsetListError, exp_align_is_reliable, merge_offset_lists, read_offset_list, validate_offset_list,
                           write_offset_list)
 from .rotation import PixtableRotationError, rotate_pixtable, rotate_pixtables
-from .reference import PIVOT_WAVELENGTHS, ReferenceImage, ReferenceImageError, pivot_wavelength, read_reference
+from .reference import (PIVOT_WAVELENGTHS, ReferenceImage, ReferenceImageError, match_filter_name, pivot_wavelength,
+                        read_reference, reference_band)
 
 __all__ = [
     "align_images", "write_alignment_offset_list", "fit_alignment", "AlignmentResult", "Quality",
     "MuseImage", "MuseImageError", "read_muse_image", "image_from_cube",
     "ReferenceImage", "ReferenceImageError", "read_reference", "pivot_wavelength", "PIVOT_WAVELENGTHS",
+    "reference_band", "match_filter_name",
     "write_offset_list", "read_offset_list", "validate_offset_list", "merge_offset_lists", "OffsetListError",
     "exp_align_is_reliable", "rotate_pixtable", "rotate_pixtables", "PixtableRotationError",
 ]

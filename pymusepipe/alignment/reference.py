@@ -241,6 +241,30 @@ def _header_filter(header, primary_header):
     return None
 
 
+def reference_band(path, hdu=None):
+    """The band of a reference image as its header names it (FILTER, FILTER1/2, FILTNAM1, ESO INS FILT1 NAME),
+    or None."""
+    with fits.open(str(path)) as hdul:
+        image_hdu = _first_image_hdu(hdul, str(path), hdu)
+        return _header_filter(image_hdu.header, hdul[0].header)
+
+
+def match_filter_name(filter_name, candidates):
+    """The name among ``candidates`` (e.g. the extensions of a MUSE FILTER_LIST) that means the same band as
+    ``filter_name`` (spelling, case and the usual aliases ignored: ``r`` / ``Rc`` -> ``Cousins_R``,
+    ``sdssr`` -> ``SDSS_r``), or None."""
+    if not filter_name:
+        return None
+    aliases = {_normalise_filter_name(key): _normalise_filter_name(value) for key, value in _FILTER_ALIASES.items()}
+    wanted = _normalise_filter_name(filter_name)
+    wanted = aliases.get(wanted, wanted)
+    for candidate in candidates:
+        name = _normalise_filter_name(candidate)
+        if aliases.get(name, name) == wanted:
+            return str(candidate)
+    return None
+
+
 def read_reference(path, *, hdu=None, filter_name=None, pivot_wavelength=None, unit=None, fwhm=None,
                    filter_list=None):
     """Read a reference image and convert it to MUSE flux units per reference pixel.
