@@ -130,9 +130,12 @@ def test_exposures_are_aligned_through_the_reference_band_when_the_filter_list_h
     assert match_filter_name("F814W", ["Cousins_R", "ACS_F814W"]) == "ACS_F814W"
     assert match_filter_name("F814W", ["Cousins_R"]) is None and match_filter_name(None, ["Cousins_R"]) is None
     filter_list = tmp_path / "filter_list.fits"
-    fits.HDUList([fits.PrimaryHDU()] + [fits.BinTableHDU.from_columns(
-        [fits.Column(name="lambda", format="D", array=np.arange(3.0))], name=name)
-        for name in ("Johnson_V", "Cousins_R", "SDSS_r")]).writeto(filter_list)
+    extensions = []
+    for name in ("Johnson_V", "Cousins_R", "SDSS_r"):
+        extension = fits.BinTableHDU.from_columns([fits.Column(name="lambda", format="D", array=np.arange(3.0))])
+        extension.header["EXTNAME"] = name   # mixed case, as in ESO's FILTER_LIST
+        extensions.append(extension)
+    fits.HDUList([fits.PrimaryHDU()] + extensions).writeto(filter_list)
     reference = tmp_path / "reference.fits"
     header = fits.Header()
     header["FILTER"] = "sdssr"
