@@ -22,6 +22,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy import ndimage
 from scipy.optimize import least_squares
 
 __all__ = ["measure_point_sources", "summarize_offsets", "disc_velocity_model", "barycentric_correction",
@@ -102,13 +103,17 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         the sky, i.e. multiplied by cos(dec), positive eastwards; ``d_dec`` positive northwards), their
         modulus ``offset``, the fitted FWHM [arcsec], the true flux, the expected flux (true flux times
         ``transparency``), the measured flux and its uncertainty from the fit (``flux_error``), ``flux_ratio``
-        = measured / expected and its uncertainty ``ratio_error``.
+        = measured / expected and its uncertainty ``ratio_error``, and ``edge_distance``, the distance
+        [arcsec] from the star to the nearest edge of the data (a star closer than about one FWHM has part of
+        its profile cut off: its flux rests on the fitted profile's wings).
     """
     with fits.open(image_path) as hdul:
         hdu = hdul["DATA"] if "DATA" in hdul else hdul[0]
         data = np.asarray(hdu.data, dtype=float)
         wcs = WCS(hdu.header).celestial
     scale = float(np.mean(np.abs(proj_plane_pixel_scales(wcs))) * 3600.0)  # arcsec per pixel
+    # Distance of each pixel to the nearest one without data or beyond the image (a field edge).
+    edge_distance = ndimage.distance_transform_edt(np.pad(np.isfinite(data), 1))[1:-1, 1:-1] - 0.5
     sigma_guess = seeing_arcsec / 2.3548 / scale
     half_size = max(4, int(math.ceil(3 * sigma_guess)))
     sources = truth["point_sources"]
@@ -127,14 +132,17 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         d_ra = (float(ra) - source["ra"]) * 3600.0 * math.cos(math.radians(source["dec"]))
         d_dec = (float(dec) - source["dec"]) * 3600.0
         expected = true_flux * transparency
+        edge = float(edge_distance[min(max(int(round(y_fit)), 0), data.shape[0] - 1),
+                                   min(max(int(round(x_fit)), 0), data.shape[1] - 1)]) * scale
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
                      math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux, flux_error,
-                     flux / expected, flux_error / expected))
+                     flux / expected, flux_error / expected, edge))
     return Table(rows=rows or None,
                  names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",
-                        "flux_true", "flux_expected", "flux", "flux_error", "flux_ratio", "ratio_error"),
+                        "flux_true", "flux_expected", "flux", "flux_error", "flux_ratio", "ratio_error",
+                        "edge_distance"),
                  dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
-                        float, float, float))
+                        float, float, float, float))
 
 
 def summarize_offsets(stars) -> dict:
