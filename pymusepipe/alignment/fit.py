@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import interpolate, ndimage, optimize
 
 from .psf import FWHM_TO_SIGMA, fit_relative_blur, gaussian_blur
 
@@ -100,23 +100,33 @@ def _local_jacobian(muse_wcs, reference_wcs, centre):
                      [(ref_y[1] - ref_y[0]) / (2 * step), (ref_y[3] - ref_y[2]) / (2 * step)]])
 
 
-def _pixel_mapping(muse_wcs, reference_wcs, shape, step=8):
-    """Reference pixel coordinates of every MUSE pixel.
+def _pixel_mapping(muse_wcs, reference_wcs, shape, step=8, margin=0):
+    """Reference pixel coordinates of every MUSE pixel (and of ``margin`` more pixels on every side).
 
-    The WCS transforms run on a grid of one pixel in ``step`` (both maps are smooth over a MUSE field,
-    even with distortion terms) and are interpolated by cubic splines: ~50x fewer WCS calls, errors far
-    below 1e-4 pixel.
+    The WCS transforms run on a regular grid of about one pixel in ``step``, reaching ``step`` pixels beyond
+    the image on every side (both maps are smooth over a MUSE field, even with distortion terms), and are
+    interpolated by bicubic splines in pixel coordinates (``RectBivariateSpline``, not-a-knot ends, so a
+    linear or quadratic map is reproduced exactly): ~50x fewer WCS calls, errors < 1e-8 pixel.
+
+    The splines must be built on the grid's pixel coordinates. An earlier version spline-interpolated the
+    grid values against their *index* (``map_coordinates`` on an irregular grid, with constant extension
+    at its ends): that bent the map by up to 0.4 reference pixel within a few pixels of the image edges,
+    one-sided in y on a one-IFU strip (13 rows, all near an edge), which put the offsets of such strips
+    ~0.06" north.
     """
     ny, nx = shape
-    grid_y = np.unique(np.r_[np.arange(-step, ny + step, step), ny - 1])
-    grid_x = np.unique(np.r_[np.arange(-step, nx + step, step), nx - 1])
-    mesh_x, mesh_y = np.meshgrid(grid_x.astype(float), grid_y.astype(float))
+    axes = []
+    for n in (ny, nx):
+        # >= 4 nodes (a cubic spline needs them) from -step to n - 1 + step, at most step pixels apart
+        first, last = -margin - step, n - 1 + margin + step
+        nodes = max(int(np.ceil((last - first) / step)), 3) + 1
+        axes.append(np.linspace(first, last, nodes))
+    grid_y, grid_x = axes
+    mesh_x, mesh_y = np.meshgrid(grid_x, grid_y)
     coarse_x, coarse_y = reference_wcs.world_to_pixel_values(*muse_wcs.pixel_to_world_values(mesh_x, mesh_y))
-    index_y = np.interp(np.arange(ny), grid_y, np.arange(grid_y.size))
-    index_x = np.interp(np.arange(nx), grid_x, np.arange(grid_x.size))
-    points = np.meshgrid(index_y, index_x, indexing="ij")
-    return (ndimage.map_coordinates(np.asarray(coarse_x, float), points, order=3, mode="nearest"),
-            ndimage.map_coordinates(np.asarray(coarse_y, float), points, order=3, mode="nearest"))
+    rows, cols = np.arange(-margin, ny + margin, dtype=float), np.arange(-margin, nx + margin, dtype=float)
+    return tuple(interpolate.RectBivariateSpline(grid_y, grid_x, np.asarray(coarse, float), kx=3, ky=3)(rows, cols)
+                 for coarse in (coarse_x, coarse_y))
 
 
 def _cross_correlation_shift(muse_image, reference_image, valid, max_shift_pix):
@@ -251,19 +261,24 @@ class _MatchedPair:
         # flux per reference pixel -> flux per MUSE pixel
         self.ref_crop = reference.data[y0:y1, x0:x1] * (self.muse_scale ** 2 / reference.pixel_area)
         self.qx0, self.qy0 = ref_x - x0, ref_y - y0
+        self.crop_origin = (x0, y0)
+        self._padded_mappings = {}
 
-    def match(self, muse_sigma_arcsec, ref_sigma_arcsec):
-        """Blur each image by a Gaussian of the given sigma (arcsec; 0 = none) and prepare the splines."""
+    def match(self, muse_sigma_arcsec, ref_sigma_arcsec, params=None):
+        """Blur each image by a Gaussian of the given sigma (arcsec; 0 = none) and prepare the splines.
+
+        Blurring the MUSE image needs its sky beyond its edges. Without ``params`` the pixels within 2.5
+        sigma of an edge are dropped; on a one-IFU strip (13 rows) that leaves 3-5 central rows, cuts every
+        star profile and measures the pipeline's row-dependent resampling shift of those rows only. With
+        ``params`` (a fit of the model so far) the missing sky is filled with the model, ``scale *
+        reference + background``, the reference sharpened to the MUSE resolution, before the blur
+        (:meth:`_edge_fill`): every pixel stays usable, and the fill only enters edge pixels through the
+        kernel's tail.
+        """
         self.muse_sigma = muse_sigma_arcsec
         self.ref_sigma = ref_sigma_arcsec
         muse_sigma = muse_sigma_arcsec / self.muse_scale
         ref_sigma = ref_sigma_arcsec / self.reference.pixel_scale
-        self.muse_data = gaussian_blur(self.muse.data, muse_sigma)
-        valid = np.isfinite(self.muse.data)
-        if muse_sigma > 0.05:
-            # pixels near a NaN edge saw only part of the kernel
-            valid = ndimage.binary_erosion(valid, iterations=int(np.ceil(2.5 * muse_sigma)), border_value=0)
-        self.valid = valid & np.isfinite(self.muse_data)
         ref_image = gaussian_blur(self.ref_crop, ref_sigma)
         ref_valid = np.isfinite(self.ref_crop) & np.isfinite(ref_image)
         if ref_sigma > 0.05:
@@ -277,12 +292,94 @@ class _MatchedPair:
         pad = int(np.ceil(1.0 / self.reference.pixel_scale)) + 2
         self.ref_valid_padded = ndimage.binary_erosion(ref_valid, iterations=pad, border_value=0).astype(np.uint8)
 
+        valid = np.isfinite(self.muse.data)
+        if muse_sigma <= 0.05:
+            self.muse_data = self.muse.data.copy()
+        elif params is None or not np.all(np.isfinite(params)):
+            self.muse_data = gaussian_blur(self.muse.data, muse_sigma)
+            # pixels near a NaN edge saw only part of the kernel
+            valid = ndimage.binary_erosion(valid, iterations=int(np.ceil(2.5 * muse_sigma)), border_value=0)
+        else:
+            margin = int(np.ceil(4.0 * muse_sigma)) + 1  # gaussian_blur truncates at 4 sigma
+            extended = self._edge_fill(margin, params)
+            blurred = gaussian_blur(extended, muse_sigma)
+            # only where neither data nor fill exist (no reference there) are pixels dropped
+            known = ndimage.binary_erosion(np.isfinite(extended), iterations=int(np.ceil(2.5 * muse_sigma)),
+                                           border_value=0)
+            inner = (slice(margin, margin + self.shape[0]), slice(margin, margin + self.shape[1]))
+            self.muse_data = np.where(valid, blurred[inner], np.nan)
+            valid = valid & known[inner]
+        self.valid = valid & np.isfinite(self.muse_data)
+
+    def _edge_fill(self, margin, params):
+        """The MUSE image extended by ``margin`` pixels on every side, its NaNs filled with the model.
+
+        The model is ``scale * S + background`` at the fitted position, ``S`` the matched reference
+        sharpened to the MUSE resolution (``S = R - v/2 lap R + v**2/8 lap**2 R``, the inverse of a Gaussian
+        blur of variance ``v`` to second order; the blur about to be applied smooths the noise this
+        amplifies). NaN where the reference has no valid data either.
+        """
+        if margin not in self._padded_mappings:
+            ref_x, ref_y = _pixel_mapping(self.muse.wcs, self.reference.wcs, self.shape, margin=margin)
+            self._padded_mappings[margin] = (ref_x - self.crop_origin[0], ref_y - self.crop_origin[1])
+        qx0, qy0 = self._padded_mappings[margin]
+        ny, nx = self.shape
+        extended = np.full((ny + 2 * margin, nx + 2 * margin), np.nan)
+        extended[margin:margin + ny, margin:margin + nx] = self.muse.data
+        missing = ~np.isfinite(extended)
+        rows, cols = np.nonzero(missing)
+        qx, qy = self._moved(cols - margin, rows - margin, qx0[missing], qy0[missing], params)
+        variance = (self.muse_sigma / self.reference.pixel_scale) ** 2  # reference pixels**2
+        laplacian = ndimage.laplace(self.ref_filled)
+        sharpened = self.ref_filled - 0.5 * variance * laplacian + variance ** 2 / 8.0 * ndimage.laplace(laplacian)
+        values = params[2] * ndimage.map_coordinates(sharpened, [qy, qx], order=3, mode="nearest") + params[3]
+        known = ndimage.map_coordinates(self.ref_valid.astype(np.uint8), [qy, qx], order=0, mode="constant",
+                                        cval=0).astype(bool)
+        extended[missing] = np.where(known, values, np.nan)
+        return extended
+
     def use_reference_image(self, image):
         """Model the MUSE image with ``image`` (reference pixel grid, no NaN): cubic splines of it and its gradient."""
         self.spline = ndimage.spline_filter(image, order=3)
         grad_y, grad_x = np.gradient(image)
         self.spline_gx = ndimage.spline_filter(grad_x, order=3)
         self.spline_gy = ndimage.spline_filter(grad_y, order=3)
+
+    def residual_blur(self, used, params):
+        """Gaussian variance (arcsec**2) still separating the two PSFs, measured in real space.
+
+        To first order in ``tau``, blurring the (matched) reference by a Gaussian of variance ``tau`` adds
+        ``tau / 2`` times its Laplacian, so ``MUSE = a R + a (tau / 2) lap(R) + b`` is solved linearly on
+        the pixels of ``used``: ``tau > 0`` means the reference is still sharper than the MUSE image,
+        ``tau < 0`` the MUSE image. Unlike the Fourier estimate of
+        :func:`~pymusepipe.alignment.psf.fit_relative_blur`, this does not assume the convolution relation
+        to hold for the images cut by the field's edges, which fails on narrow fields (a one-IFU strip of
+        13 rows: the Fourier estimate there finds 0.03-0.05 arcsec**2 for a true 0.05-0.09).
+
+        Returns
+        -------
+        tau, tau_err : float
+            NaN if the system is degenerate.
+        """
+        laplacian = ndimage.laplace(self.ref_filled) / self.reference.pixel_scale ** 2
+        qx, qy = self.coordinates(used, params)
+        value = ndimage.map_coordinates(self.spline, [qy, qx], order=3, prefilter=False, mode="nearest")
+        curvature = ndimage.map_coordinates(laplacian, [qy, qx], order=3, mode="nearest")
+        data = self.muse_data[used]
+        design = np.column_stack([value, 0.5 * curvature, np.ones_like(value)])
+        if data.size < 10 * design.shape[1]:
+            return np.nan, np.nan
+        coefficients, _, rank, _ = np.linalg.lstsq(design, data, rcond=None)
+        if rank < design.shape[1] or not coefficients[0] > 0:
+            return np.nan, np.nan
+        residual = data - design @ coefficients
+        try:
+            covariance = np.linalg.inv(design.T @ design) * np.sum(residual ** 2) / (data.size - design.shape[1])
+        except np.linalg.LinAlgError:
+            return np.nan, np.nan
+        tau = coefficients[1] / coefficients[0]
+        tau_err = np.sqrt(max(covariance[1, 1], 0.0)) / coefficients[0]
+        return float(tau), float(tau_err)
 
     def blurred_reference(self, sigma_arcsec):
         """The Gaussian-matched reference (its own grid) blurred further by ``sigma_arcsec``."""
@@ -309,14 +406,18 @@ class _MatchedPair:
     def coordinates(self, used, params):
         """Reference pixel coordinates (x, y) of the MUSE pixels of ``used`` for the model parameters."""
         px, py = _valid_pixel_grid(used)
+        return self._moved(px, py, self.qx0[used], self.qy0[used], params)
+
+    def _moved(self, px, py, qx0, qy0, params):
+        """Reference coordinates of MUSE pixels (px, py), header position (qx0, qy0), moved by the model."""
         dx, dy = px - self.centre[0], py - self.centre[1]
         jac = self.jacobian
         theta = params[4] if self.fit_rotation else 0.0
         cos_t, sin_t = np.cos(theta), np.sin(theta)
         move_x = params[0] + (cos_t - 1) * dx - sin_t * dy
         move_y = params[1] + sin_t * dx + (cos_t - 1) * dy
-        return (self.qx0[used] + jac[0, 0] * move_x + jac[0, 1] * move_y,
-                self.qy0[used] + jac[1, 0] * move_x + jac[1, 1] * move_y)
+        return (qx0 + jac[0, 0] * move_x + jac[0, 1] * move_y,
+                qy0 + jac[1, 0] * move_x + jac[1, 1] * move_y)
 
     def blurred_reference_values(self, used, params, sigma_arcsec):
         """The matched reference blurred further by a Gaussian of ``sigma_arcsec``, at the pixels of ``used``."""
@@ -423,9 +524,28 @@ def _smoothed_scale(pair, used, params, smoothing_fwhm, fallback):
     return float(scale), float(background)
 
 
+#: Real-space refinements of the PSF matching after the Fourier estimate, and the residual Gaussian
+#: variance (arcsec**2) below which the PSFs count as matched.
+MAX_BLUR_REFINEMENTS = 3
+BLUR_TOLERANCE = 0.002
+
 #: Extra Gaussian blurs (sigma, arcsec) of the matched reference whose free linear combination models what
 #: a single Gaussian blur cannot match (PSF wings, pixel and interpolation kernels); 0 = the matched image.
 FLUX_KERNEL_SIGMAS = (0.0, 0.25, 0.6, 1.2, 2.4)
+
+
+def _constrained_kernel_sigmas(used, pixel_scale, sigmas=FLUX_KERNEL_SIGMAS):
+    """The matching-kernel Gaussians that a field of this shape can tell from a constant background.
+
+    A Gaussian of sigma well above the field's half-width is nearly flat across it: its coefficient then
+    trades against the background and the kernel's sum (the flux scale) wanders. On a one-IFU strip (13
+    rows, 2.6") the 2.4" Gaussian alone moved the scales of real-recipe images by -5 to +1 %. Kept: the
+    sigmas up to half the field's inradius (the largest distance from a used pixel to the nearest unused
+    one or the image edge), and always the first.
+    """
+    depth = ndimage.distance_transform_edt(np.pad(np.asarray(used, bool), 1))
+    inradius = float(depth.max()) * pixel_scale
+    return tuple(sigma for index, sigma in enumerate(sigmas) if index == 0 or sigma <= 0.5 * inradius)
 
 
 def _kernel_coefficients(pair, used, params, sigmas=FLUX_KERNEL_SIGMAS):
@@ -553,6 +673,11 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
             result.guess_x_offset_pix, result.guess_y_offset_pix = float(-guess[0]), float(-guess[1])
             return flagged(Quality.NO_SIGNAL, "the reference structure is not detected in the MUSE image "
                            f"(scale S/N {_scale_significance(fitted):.1f})", used.sum())
+        if psf_matching == "fwhm" and pair.muse_sigma > 0 and np.all(np.isfinite(fitted.x)):
+            # the MUSE image was blurred before any fit, its edges dropped: blur it again with the edges
+            # filled by the model just fitted (see _MatchedPair.match)
+            pair.match(pair.muse_sigma, pair.ref_sigma, fitted.x)
+            fitted = pair.solve(pair.pixel_set(fitted.x[:2]) & sparse, fitted.x)
         if psf_matching == "fit" and np.all(np.isfinite(fitted.x)):
             # measure the PSF difference at the fitted shift, on top of the current matching
             shift = fitted.x[:2]
@@ -560,26 +685,36 @@ def fit_alignment(muse, reference, *, muse_fwhm=None, psf_matching="fit", max_sh
             aligned_reference = np.full(pair.shape, np.nan)
             aligned_reference[near] = pair.problem(near)[3](fitted.x)  # with the rotation, if fitted
             relative = fit_relative_blur(pair.muse_data, aligned_reference, near, muse_scale)
-            muse_variance = pair.muse_sigma ** 2 + max(-relative, 0.0)
-            ref_variance = pair.ref_sigma ** 2 + max(relative, 0.0)
-            # blur only as much as needed, plus a common blur of sampling_blur reference pixels that tames
-            # the interpolation errors of an undersampled reference (it keeps the PSFs equal)
-            common = min(muse_variance, ref_variance) - (sampling_blur * reference.pixel_scale) ** 2
-            pair.match(np.sqrt(muse_variance - common), np.sqrt(ref_variance - common))
-            logger.debug("PSF matching: blur MUSE by sigma %.3f\", reference by %.3f\"", pair.muse_sigma,
-                         pair.ref_sigma)
-            fitted = pair.solve(pair.pixel_set(shift) & sparse, fitted.x)
+            for _ in range(MAX_BLUR_REFINEMENTS + 1):
+                muse_variance = pair.muse_sigma ** 2 + max(-relative, 0.0)
+                ref_variance = pair.ref_sigma ** 2 + max(relative, 0.0)
+                # blur only as much as needed, plus a common blur of sampling_blur reference pixels that tames
+                # the interpolation errors of an undersampled reference (it keeps the PSFs equal)
+                common = min(muse_variance, ref_variance) - (sampling_blur * reference.pixel_scale) ** 2
+                pair.match(np.sqrt(muse_variance - common), np.sqrt(ref_variance - common), fitted.x)
+                logger.debug("PSF matching: blur MUSE by sigma %.3f\", reference by %.3f\"", pair.muse_sigma,
+                             pair.ref_sigma)
+                fitted = pair.solve(pair.pixel_set(shift) & sparse, fitted.x)
+                shift = fitted.x[:2]
+                # the Fourier estimate is a first guess (biased on narrow fields): refine it in real space
+                relative, relative_err = pair.residual_blur(pair.pixel_set(shift), fitted.x)
+                if not (np.isfinite(relative) and abs(relative) > max(BLUR_TOLERANCE, 2.0 * relative_err)):
+                    break
+                relative = float(np.clip(relative, -1.0, 1.0))
         used = pair.pixel_set(fitted.x[:2])
+
+        # from the field's shape before clipping (scattered clipped pixels do not narrow the field)
+        kernel_sigmas = _constrained_kernel_sigmas(used, muse_scale)
 
         def kernel_matched(pixels, params):
             # fit the free kernel, then model MUSE with the reference convolved by the normalised kernel:
             # its scale is the total flux ratio, and the offset no longer feels the PSF mismatch
-            coefficients = _kernel_coefficients(pair, pixels, params)
+            coefficients = _kernel_coefficients(pair, pixels, params, kernel_sigmas)
             if coefficients is None:
                 return params
             total = float(np.sum(coefficients[:-1]))
             pair.use_reference_image(sum(c * pair.blurred_reference(sigma) for c, sigma in
-                                         zip(coefficients[:-1], FLUX_KERNEL_SIGMAS)) / total)
+                                         zip(coefficients[:-1], kernel_sigmas)) / total)
             return np.r_[params[:2], total, coefficients[-1], params[4:]]
 
         if flux_method == "kernel":
