@@ -95,6 +95,8 @@ class MuseSample:
                                   memory_gb=memory_gb, client=client, scheduler=scheduler, overwrite=overwrite,
                                   esorex=esorex, prefer_archive=prefer_archive_masters, log_path=log_path,
                                   reset_log=reset_log)
+        #: The sample's overview page, refreshed at the end of the last run_all_recipes.
+        self.report_page = None
         self.targets = OrderedDict()
         for name, (pointings, reference) in entries.items():
             self.targets[name] = MuseTarget(name, pointings, config=self.config, reference=reference,
@@ -111,8 +113,10 @@ class MuseSample:
         context.raw_table = self.raw_table
         return context
 
-    def run_all_recipes(self, illum=True, fraction=0.8, parameters=None, mosaic=True):
-        """Reduce the whole sample as one graph: each night's calibrations once, then every target.
+    def run_all_recipes(self, illum=True, fraction=0.8, parameters=None, mosaic=True, report=True):
+        """Reduce the whole sample as one graph: each night's calibrations once, then every target; then (unless
+        ``report=False``) refresh every report page, the sample's overview last (its path in
+        :attr:`report_page`).
 
         Raises
         ------
@@ -134,13 +138,30 @@ class MuseSample:
         with contextlib.ExitStack() as locks:
             for target in self.targets.values():
                 locks.enter_context(target.lock())
-            report = self.engine.run(jobs, label="sample") if jobs else StepReport([])
+            outcome = self.engine.run(jobs, label="sample") if jobs else StepReport([])
         for name, target in self.targets.items():
-            target.record(plans[name], report)
+            target.record(plans[name], outcome)
         logger.info("sample: %d target(s), %d job(s) in %.0f s: %s", len(self.targets), len(jobs),
-                    time.monotonic() - start, report.summary())
-        raise_for_failures(report)
-        return report
+                    time.monotonic() - start, outcome.summary())
+        if report and not self.fakemode:
+            self.refresh_report()
+        raise_for_failures(outcome)
+        return outcome
+
+    def refresh_report(self):
+        """Every pointing's, night's and target's report page, then the sample's overview (returned, and kept in
+        :attr:`report_page`)."""
+        from .qc.report import refresh_after_runs
+        from .qc.target import sample_page_path
+
+        layouts = [pipe.layout for target in self.targets.values() for pipe in target.pipes.values()]
+        pages = refresh_after_runs(layouts)
+        first = next(iter(self.targets.values())).layout
+        page = sample_page_path(first.root, first.names)
+        self.report_page = page if pages and page.is_file() else None
+        if self.report_page is not None:
+            logger.info("QC report of the sample: %s", self.report_page)
+        return self.report_page
 
     def status(self) -> str:
         """One block per target (its pointings' steps, then its own)."""

@@ -469,12 +469,14 @@ class _JobGraph:
                 if consumer.name not in seen:
                     seen.add(consumer.name)
                     queue.append(consumer)
-        # A python job whose step's recipe jobs were made again after it.
+        # A python job that records no inputs (it uses what its step's recipe jobs made) and whose step's recipe
+        # jobs were made again after it. One that records its inputs (a mosaic's grid, made before the mosaic's
+        # recipe job) is judged by them, above.
         for (step, area), group in by_step_area.items():
             recipe_jobs = [job for job in group if not job.record.recipe.startswith("python:")]
             for job in group:
                 if job.status != DONE or job.reasons or not job.record.recipe.startswith("python:") \
-                        or job.recorded_ns is None:
+                        or job.recorded_ns is None or _json_list(job.record.inputs):
                     continue
                 later = [other for other in recipe_jobs if other.status == DONE and other.recorded_ns
                          and other.recorded_ns > job.recorded_ns + TIME_MARGIN_NS]

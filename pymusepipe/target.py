@@ -367,12 +367,20 @@ class MuseTarget:
             outcome = self.run_plans(plans)
         finally:
             if report and not self.fakemode:
-                from .qc.report import refresh_after_run
-
-                # The first pointing's page links its night, the target and the sample pages, all refreshed.
-                self.report_page = refresh_after_run(next(iter(self.pipes.values())).layout)
+                self.refresh_report()
         raise_for_failures(outcome)
         return self.steps
+
+    def refresh_report(self):
+        """Every pointing's report page, its nights', the target's and the sample's; :attr:`report_page` is the
+        target's page (it links the others)."""
+        from .qc.report import refresh_after_runs
+        from .qc.target import target_page_path
+
+        pages = refresh_after_runs(pipe.layout for pipe in self.pipes.values())
+        page = target_page_path(self.layout.root, self.targetname, self.layout.names)
+        self.report_page = page if pages and page.is_file() else (pages[0] if pages else None)
+        return self.report_page
 
     def run_plans(self, plans: OrderedDict) -> StepReport:
         """Run planned steps as one graph (jobs planned twice, e.g. a night's calibrations, run once) and

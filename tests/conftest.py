@@ -4,10 +4,17 @@ Tests marked ``esorex`` run the real ESO MUSE recipes; they are skipped, with th
 ``esorex`` executable or the MUSE recipes are not installed.
 """
 import shutil
+import signal
 import subprocess
 import tempfile
 
 import pytest
+
+# A test run started in the background by a non-interactive shell (``cmd &``, nohup) inherits SIGINT ignored, and
+# so would every command it starts: the tests of Ctrl-C need it delivered as from a terminal. A Python handler
+# (unlike SIG_IGN) is reset to the default action in the commands the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _muse_recipes_available():

@@ -427,3 +427,33 @@ def test_a_failing_recipe_stops_its_dependents_and_a_rerun_resumes(programme, tm
     assert again.steps["bias"].report.with_status("uptodate")
     assert again.steps["flat"].report.with_status("uptodate")
     assert again.steps["wave"].report.with_status("done")
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_the_report_of_the_whole_sample_loads_in_chromium(sample, programme, tmp_path):
+    """The sample's run ends with its report: from the overview page every page of every pointing, night and
+    target is reached by links, each image loaded and each link resolving (Issue 15). Screenshots go to
+    ``$PYMUSEPIPE_SCREENSHOTS`` when set."""
+    from test_report_browser import BROWSER_AVAILABLE, BROWSER_MISSING, _crawl, headless_chromium
+
+    if not BROWSER_AVAILABLE:
+        pytest.skip(BROWSER_MISSING)
+    assert sample.report_page is not None and sample.report_page.is_file()
+    screenshots = Path(os.environ.get("PYMUSEPIPE_SCREENSHOTS") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    with headless_chromium() as driver:
+        pages = _crawl(driver, sample.report_page, screenshots, "programme")
+    root = Path(programme.root).resolve()
+    reached = {str(page.relative_to(root)) for page in pages}
+    expected = {"Figures/index.html"}
+    for name, target in sample.targets.items():
+        expected |= {str(pipe.layout.folder("figures").resolve().relative_to(root) / "index.html")
+                     for pipe in target.pipes.values()}
+    expected |= {f"Calibrations/{night['date']}/Figures/index.html" for night in
+                 json.loads(Path(programme.programme_file).read_text())["nights"]}
+    expected.add("MOSAIC/Combined/Figures/index.html")
+    assert expected <= reached, sorted(expected - reached)
+    # every pointing page shows its figures (the final cube's white light, spectra, sky, offsets at least)
+    for name, target in sample.targets.items():
+        for pipe in target.pipes.values():
+            assert pages[(pipe.layout.folder("figures") / "index.html").resolve()] >= 4, pipe.layout.name

@@ -10,6 +10,7 @@ The pages are those of the synthetic reduction of ``test_qc.make_site``; set ``P
 root of a reduced demo (``pymusepipe demo --workdir DIR``: DIR/sim) to check its pages as well (its report is
 refreshed first, which draws figures only when the products are newer).
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,19 +28,20 @@ try:
 except ImportError:
     SELENIUM = False
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER and SELENIUM),
-    reason="needs headless Chromium: apt-get install chromium chromium-driver (scripts/setup.sh does it as root) "
-           "and pip install selenium (the 'test' extra)" +
-           f" [chromium: {CHROMIUM or 'missing'}, chromedriver: {CHROMEDRIVER or 'missing'}, "
-           f"selenium: {'ok' if SELENIUM else 'missing'}]")
+BROWSER_AVAILABLE = bool(CHROMIUM and CHROMEDRIVER and SELENIUM)
+BROWSER_MISSING = ("needs headless Chromium: apt-get install chromium chromium-driver (scripts/setup.sh does it as "
+                   "root) and pip install selenium (the 'test' extra)"
+                   f" [chromium: {CHROMIUM or 'missing'}, chromedriver: {CHROMEDRIVER or 'missing'}, "
+                   f"selenium: {'ok' if SELENIUM else 'missing'}]")
+pytestmark = pytest.mark.skipif(not BROWSER_AVAILABLE, reason=BROWSER_MISSING)
 
 #: Screenshots are cut at this height (pixels): long job tables need no picture.
 MAX_SCREENSHOT_HEIGHT = 12000
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def headless_chromium():
+    """A Selenium driver of headless Chromium with a throw-away profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -53,9 +55,17 @@ def browser():
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(120)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with headless_chromium() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

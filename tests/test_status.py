@@ -39,10 +39,11 @@ def _product(area_tables, root, job, recipe, step, tag, path, nbytes, made_s):
     return path
 
 
-def _job(area, recipe, name, step, inputs, calibrations, products, *, status="done", message="", log=""):
+def _job(area, recipe, name, step, inputs, calibrations, products, *, status="done", message="", log="",
+         started=RUN):
     table = JobTable(area.folder("astro_tables", create=True), recipe, root=area.root)
     table.update(JobRecord(job=name, recipe=recipe, step=step, area=area.name, status=status,
-                           started=RUN.isoformat(timespec="seconds"), inputs=json.dumps([str(p) for p in inputs]),
+                           started=started.isoformat(timespec="seconds"), inputs=json.dumps([str(p) for p in inputs]),
                            calibrations=json.dumps({tag: {"paths": [str(p) for p in paths], "delta_days": 0.1,
                                                           "rule": "closest in time"}
                                                     for tag, paths in calibrations.items()}),
@@ -194,6 +195,20 @@ def test_skipped_step_and_session_steps(tmp_path):
     assert result.step("align_bygroup").status == "skipped"
     assert result.step("align_bygroup").detail == "one template: same as align_bypointing"
     assert result.step("sky").status == "not run" and result.step("sky").detail == "planned only (fakemode)"
+
+
+def test_python_jobs_before_and_after_a_recipe_job_of_their_step(tmp_path):
+    """A Python job that records its inputs (a mosaic's grid, made before the step's recipe job that uses it) is
+    judged by those inputs; one that records none (it reads what its step's recipes made) is stale when a recipe
+    job of its step ran again after it."""
+    layout = make_reduction(tmp_path)
+    pixtable = layout.folder("object") / "PIXTABLE_OBJECT_0001-01.fits"
+    earlier = RUN - datetime.timedelta(minutes=10)
+    _job(layout, "python:grid", "grid_z", "scipost", [pixtable], {}, [], started=earlier)
+    assert _statuses(st.pointing_status(layout))["scipost"] == "done"
+    _job(layout, "python:summary", "summary_z", "scipost", [], {}, [], started=earlier)
+    view = st.pointing_status(layout).step("scipost")
+    assert view.status == "stale" and any("ran again after it" in reason for reason in view.reasons), view
 
 
 def test_target_and_sample_tables(tmp_path):

@@ -30,7 +30,7 @@ from .pages import (REPORT_NAME, escape, figure_html, href, now_utc, page_exists
                     status_badge, table_html, write_page)
 
 __all__ = ["FigureEntry", "ProductFile", "FIGURE_KINDS", "find_products", "make_figures", "build_report",
-           "refresh_report", "refresh_after_run", "REPORT_NAME"]
+           "refresh_report", "refresh_after_run", "refresh_after_runs", "REPORT_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -603,3 +603,24 @@ def refresh_after_run(layout, *, enabled: bool = True, **options) -> Path | None
         return None
     logger.info("QC report: %s", page)
     return page
+
+
+def refresh_after_runs(layouts, *, enabled: bool = True) -> list:
+    """:func:`refresh_after_run` for a target's or a sample's run: every pointing's page (each with its
+    nights' pages, whose figures are drawn once and then found up to date), each target's page once after
+    its last pointing, and the sample page once at the end.
+
+    Returns
+    -------
+    list of Path
+        The pointing pages written (a page that could not be written is left out, with a warning).
+    """
+    layouts = list(layouts)
+    pages = []
+    for index, layout in enumerate(layouts):
+        last_of_target = index == len(layouts) - 1 or layouts[index + 1].target != layout.target
+        page = refresh_after_run(layout, enabled=enabled, target=last_of_target,
+                                 sample=index == len(layouts) - 1)
+        if page is not None:
+            pages.append(page)
+    return pages
