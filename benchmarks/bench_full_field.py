@@ -90,6 +90,8 @@ def main(argv=None):
     parser.add_argument("--modes", default="merged,fanout")
     parser.add_argument("--ifus", default="1-24")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the reductions already in WORKDIR (up-to-date jobs are not run again)")
     args = parser.parse_args(argv)
     from pymusepipe.demo import DEMO_FILTER, compare_with_truth
     from pymusepipe.musepipe import MusePipe
@@ -106,11 +108,12 @@ def main(argv=None):
           f"{sum(f.stat().st_size for f in source.rglob('*.fits*')) / 1e9:.1f} GB in {source}", flush=True)
     for mode in args.modes.split(","):
         root = workdir / mode
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(source, root, copy_function=os.link)   # raw frames are read-only: links suffice
         rc, cal = root / "Config" / "rc.dic", root / "Config" / "calib_tables.dic"
-        rc.write_text(rc.read_text().replace(str(source), str(root)))
-        pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=True, ifu_mode=mode,
+        if not (args.resume and rc.is_file()):
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(source, root, copy_function=os.link)   # raw frames are read-only: links suffice
+            rc.write_text(rc.read_text().replace(str(source), str(root)))
+        pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=not args.resume, ifu_mode=mode,
                         filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
         start = time.monotonic()
         failure = None

@@ -565,7 +565,7 @@ class RecipeEngine:
         for output in spec.products_for(parameters):
             tag = output.tag.replace("{raw}", raw_tag)
             folder = self._destination(area, output.folder, raw_tag)
-            ifus = job_ifus if output.per_ifu and not merged else (0,)
+            ifus = job_ifus if output.per_ifu and not (merged and output.mergeable) else (0,)
             qualifier = qualifiers.get(tag, "")
             for ifu in ifus:
                 ifu_suffix = f"-{ifu:02d}" if ifu else ""

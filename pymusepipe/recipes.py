@@ -70,7 +70,11 @@ class ProductOutput:
     tag : str
         PRO.CATG, also the esorex file-name prefix.
     per_ifu : bool
-        Written once per IFU unless ``--merge`` is given.
+        Written once per IFU (unless ``--merge`` is given and the product is ``mergeable``).
+    mergeable : bool
+        ``--merge`` writes one file holding every IFU. False for the pixel tables of muse_scibasic, which MUSE
+        2.8.7 writes per IFU (``PIXTABLE_OBJECT_0001-NN.fits``) even with ``--nifu=-1 --merge`` (measured on 24
+        IFUs, ``benchmarks/bench_full_field.py``).
     naming : str
         ``master``, ``dateobs`` or ``sequence`` (see the module constants).
     required : bool
@@ -84,6 +88,7 @@ class ProductOutput:
 
     tag: str
     per_ifu: bool = False
+    mergeable: bool = True
     naming: str = NAMING_MASTER
     required: bool = True
     enabled_by: tuple | None = None
@@ -265,7 +270,8 @@ def default_recipe_table() -> RecipeTable:
                           _calib("ILLUM", required=False, source=SOURCE_RAW),
                           _calib("TWILIGHT_CUBE", required=False), _badpix()),
             # The product tag depends on the raw tag: the engine substitutes {raw} (OBJECT, STD, SKY, ...).
-            products=(product("PIXTABLE_{raw}", per_ifu=True, naming=NAMING_DATEOBS, folder=("{raw_folder}",)),
+            products=(product("PIXTABLE_{raw}", per_ifu=True, mergeable=False, naming=NAMING_DATEOBS,
+                              folder=("{raw_folder}",)),
                       product("{raw}_RED", per_ifu=True, naming=NAMING_DATEOBS, enabled_by=("saveimage", "true"),
                               folder=("{raw_folder}",)),
                       product("{raw}_RESAMPLED", per_ifu=True, naming=NAMING_DATEOBS,
