@@ -8,7 +8,7 @@ A recipe run's peak resident memory is modelled as
   (``--nifu=k``), one per thread in ESO's merged mode (``--nifu=-1``: IFUs are processed in parallel, one per
   OpenMP thread);
 - ``ifus x exposures``: the pixel tables a post-processing recipe (muse_scipost, muse_exp_combine,
-  muse_create_sky, muse_standard) loads together.
+  muse_create_sky, muse_standard) loads together, and the IFUs muse_twilight accumulates (one exposure).
 
 The coefficients come from the peak RSS of the recipes' processes (``os.wait4``, recorded as ``max_rss_mb`` in the
 job tables) on the simulated runs: one IFU through the whole chain (``bash scripts/demo.sh``) and the full field
@@ -52,7 +52,9 @@ MEMORY_MODELS = MappingProxyType({
     "muse_flat": MemoryModel(base=0.25, per_ifu=0.62),
     "muse_wavecal": MemoryModel(base=0.25, per_ifu=0.68),
     "muse_lsf": MemoryModel(base=0.25, per_ifu=1.01),
-    "muse_twilight": MemoryModel(base=0.25, per_ifu=1.11),
+    # muse_twilight loops over the IFUs itself and keeps every IFU's data for the combined cube: 1.36 GB on one
+    # IFU, 10.57 GB on 24 (bench_full_field.py), i.e. 0.96 GB + 0.40 GB per IFU.
+    "muse_twilight": MemoryModel(base=0.96, per_ifu_exposure=0.40),
     "muse_scibasic": MemoryModel(base=0.25, per_ifu=1.12),
     "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.45),
     "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.44),
@@ -62,8 +64,7 @@ MEMORY_MODELS = MappingProxyType({
 })
 
 #: Recipes processing one IFU at a time per thread (``--nifu``); the others hold every IFU's tables at once.
-_PER_IFU_RECIPES = frozenset({"muse_bias", "muse_dark", "muse_flat", "muse_wavecal", "muse_lsf", "muse_scibasic",
-                              "muse_twilight"})
+_PER_IFU_RECIPES = frozenset({"muse_bias", "muse_dark", "muse_flat", "muse_wavecal", "muse_lsf", "muse_scibasic"})
 
 
 def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1, merged: bool = False,
@@ -87,6 +88,6 @@ def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1,
         return MARGIN * 1.0
     ifus = max(int(ifus), 1)
     if recipe in _PER_IFU_RECIPES:
-        active = min(max(int(threads), 1), ifus) if (merged or recipe == "muse_twilight") else 1
+        active = min(max(int(threads), 1), ifus) if merged else 1
         return model.need(active_ifus=active, ifus=0, exposures=0)
     return model.need(active_ifus=0, ifus=ifus, exposures=max(int(exposures), 1))

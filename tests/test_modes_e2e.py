@@ -2,6 +2,7 @@
 written as archive-compressed ``.fits.fz`` raw files, and ESO's merged mode on a full 24-IFU field (muse_bias).
 """
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def ao_run(tmp_path_factory):
                     filter_list=f"white,{OUTSIDE_NOTCH}", filter_for_alignment=DEMO_FILTER)
     pipe.run_all_recipes()
     yield run, pipe
-    shutil.rmtree(root, ignore_errors=True)
+    if not os.environ.get("PYMUSEPIPE_KEEP_TEST_DATA"):   # keep a failing run's data to study it
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_compressed_raw_files_are_read_directly(ao_run):
