@@ -77,7 +77,7 @@ def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
 
 
 def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, min_flux_fraction=0.0,
-                          transparency=1.0):
+                          transparency=1.0, exposure_images=()):
     """Fit every true point source that lies fully inside the image.
 
     Parameters
@@ -95,6 +95,10 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
     transparency : float
         Flux scale the image should have with respect to the truth: the (exposure-time weighted) mean
         transparency of the combined exposures when the OFFSET_LIST carries no FLUX_SCALE, 1 otherwise.
+    exposure_images : sequence of str or Path
+        Images of the single exposures combined into ``image_path`` (any grid, with their WCS). The edge
+        distance is then also measured to the edge of each of them: a star near the end of one dithered
+        exposure has its profile cut in that exposure even where the combined image holds data.
 
     Returns
     -------
@@ -104,8 +108,9 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         modulus ``offset``, the fitted FWHM [arcsec], the true flux, the expected flux (true flux times
         ``transparency``), the measured flux and its uncertainty from the fit (``flux_error``), ``flux_ratio``
         = measured / expected and its uncertainty ``ratio_error``, and ``edge_distance``, the distance
-        [arcsec] from the star to the nearest edge of the data (a star closer than about one FWHM has part of
-        its profile cut off: its flux rests on the fitted profile's wings).
+        [arcsec] from the star to the nearest edge of the data, of the combined image and of each exposure's
+        image (a star closer than about one FWHM has part of its profile cut off: its flux rests on the fitted
+        profile's wings, and where exposures overlap only in part, on how their edges were combined).
     """
     with fits.open(image_path) as hdul:
         hdu = hdul["DATA"] if "DATA" in hdul else hdul[0]
@@ -114,6 +119,7 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
     scale = float(np.mean(np.abs(proj_plane_pixel_scales(wcs))) * 3600.0)  # arcsec per pixel
     # Distance of each pixel to the nearest one without data or beyond the image (a field edge).
     edge_distance = ndimage.distance_transform_edt(np.pad(np.isfinite(data), 1))[1:-1, 1:-1] - 0.5
+    footprints = [_Footprint(path) for path in exposure_images]
     sigma_guess = seeing_arcsec / 2.3548 / scale
     half_size = max(4, int(math.ceil(3 * sigma_guess)))
     sources = truth["point_sources"]
@@ -134,6 +140,9 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         expected = true_flux * transparency
         edge = float(edge_distance[min(max(int(round(y_fit)), 0), data.shape[0] - 1),
                                    min(max(int(round(x_fit)), 0), data.shape[1] - 1)]) * scale
+        fwhm = sigma * 2.3548 * scale
+        for footprint in footprints:
+            edge = min(edge, footprint.edge_distance(float(ra), float(dec), reach=fwhm))
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
                      math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux, flux_error,
                      flux / expected, flux_error / expected, edge))
@@ -143,6 +152,33 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
                         "edge_distance"),
                  dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
                         float, float, float, float))
+
+
+class _Footprint:
+    """Where one exposure's image holds data, to tell how far a star is from its edges."""
+
+    def __init__(self, image_path):
+        with fits.open(image_path) as hdul:
+            hdu = hdul["DATA"] if "DATA" in hdul else hdul[0]
+            finite = np.isfinite(np.asarray(hdu.data, dtype=float))
+            self.wcs = WCS(hdu.header).celestial
+        self.scale = float(np.mean(np.abs(proj_plane_pixel_scales(self.wcs))) * 3600.0)
+        self.inside = ndimage.distance_transform_edt(np.pad(finite, 1))[1:-1, 1:-1] - 0.5  # to the nearest gap
+        self.outside = ndimage.distance_transform_edt(~finite) if finite.any() else np.full(finite.shape, np.inf)
+
+    def edge_distance(self, ra, dec, reach):
+        """Distance (arcsec) from (ra, dec) to this exposure's nearest edge when the star lies inside it; 0 when it
+        lies outside but within ``reach`` (arcsec) of its data (the exposure holds part of its profile); inf when
+        the exposure does not reach it (it does not bear on the star)."""
+        x, y = self.wcs.world_to_pixel_values(ra, dec)
+        ny, nx = self.inside.shape
+        ix, iy = int(round(float(x))), int(round(float(y)))
+        cx, cy = min(max(ix, 0), nx - 1), min(max(iy, 0), ny - 1)
+        overshoot = math.hypot(ix - cx, iy - cy)   # pixels beyond the image array
+        if overshoot == 0 and self.inside[cy, cx] > 0:
+            return float(self.inside[cy, cx]) * self.scale
+        gap = (overshoot + float(self.outside[cy, cx])) * self.scale
+        return 0.0 if gap < reach else math.inf
 
 
 def summarize_offsets(stars) -> dict:

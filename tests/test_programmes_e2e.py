@@ -77,9 +77,18 @@ def _pointing_image(pipe, label=None):
     return pipe.layout.folder("object") / f"IMAGE_FOV_{DEMO_FILTER}_{label}.fits"
 
 
-def _stars(image, truth, transparency=1.0):
+def _exposure_images(*pipes):
+    """The single exposures' images (muse_scipost's IMAGE_FOV in the demo filter) of the pointings, from their
+    product tables."""
+    return [frame.path for pipe in pipes for frame in
+            pipe.context().products("IMAGE_FOV", step="scipost", qualifier=DEMO_FILTER, area=pipe.layout)]
+
+
+def _stars(image, truth, transparency=1.0, exposure_images=()):
+    """The true stars measured in ``image``; their ``edge_distance`` also to the edges of ``exposure_images``."""
     seeing = float(np.median([e["seeing_fwhm_arcsec"] for e in _exposures(truth)]))
-    return measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency)
+    return measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency,
+                                 exposure_images=exposure_images)
 
 
 #: Star-to-star flux scatter allowed on a one-IFU strip beyond the measurement noise. Each row of a strip is a
@@ -149,7 +158,8 @@ def test_offset_sky_pointing_stars_at_true_positions_and_fluxes(sample, programm
     pipe = sample.targets["DEMO"].pipes[1]
     assert pipe.steps["sky"].status == "done" and "offset-sky" in pipe.steps["sky"].summary
     # muse_exp_align measures no flux scale: the combined flux is the truth times the mean transparency.
-    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth)), tolerance_flux=0.03)
+    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth), _exposure_images(pipe)),
+                 tolerance_flux=0.03)
 
 
 def test_velocity_field_of_the_disc_and_the_barycentric_correction(sample, programme):
@@ -191,7 +201,8 @@ def test_sky_measured_on_the_object_leaves_small_residuals_at_the_bright_lines(s
     bright = residuals[residuals["injected"] >= 0.2 * residuals["injected"].max()]
     assert len(bright) >= 5
     assert np.all(np.abs(bright["residual"]) < 0.05 * bright["injected"]), bright
-    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth)), tolerance_flux=0.03)
+    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth), _exposure_images(pipe)),
+                 tolerance_flux=0.03)
 
 
 # ------------------------------------------------------------------------------------------ TWONIGHTS
@@ -214,7 +225,8 @@ def test_two_nights_one_offset_list_covering_every_exposure(sample, programme):
     combine = Table.read(pipe.layout.folder("astro_tables") / "muse_exp_combine_jobs.fits")
     (row,) = combine
     assert len(json.loads(row["inputs"])) == len(exposures)
-    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth)), tolerance_flux=0.03)
+    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth), _exposure_images(pipe)),
+                 tolerance_flux=0.03)
 
 
 # ------------------------------------------------------------------------------------------ MOSAIC
@@ -227,7 +239,8 @@ def test_mosaic_on_the_reference_photometric_scale(sample, programme):
     images = target.mosaic_products()["IMAGE_FOV"]
     (image,) = [path for path in images if DEMO_FILTER in path.name]
     # Flux scales applied: fluxes on the reference's (photometric) scale, no transparency factor.
-    _check_stars(_stars(image, truth), tolerance_flux=0.02)
+    _check_stars(_stars(image, truth, exposure_images=_exposure_images(*target.pipes.values())),
+                 tolerance_flux=0.02)
 
 
 def test_mosaic_pointings_agree_in_their_overlaps(sample, programme):
@@ -253,7 +266,8 @@ def test_mosaic_pointings_agree_in_their_overlaps(sample, programme):
             header = hdul["DATA"].header
             cubes.append((header, hdul["DATA"].data[1500:2300].astype(float),
                           hdul["STAT"].data[1500:2300].astype(float)))
-        measured = measure_point_sources(_pointing_image(pipe, label), truth, DEMO_FILTER, seeing_arcsec=seeing)
+        measured = measure_point_sources(_pointing_image(pipe, label), truth, DEMO_FILTER, seeing_arcsec=seeing,
+                                         exposure_images=_exposure_images(pipe))
         stars.append({int(row["source"]): row for row in measured if row["edge_distance"] >= row["fwhm"]})
     assert len({(h["NAXIS1"], h["NAXIS2"], h["CRVAL1"], h["CRPIX1"]) for h, _, _ in cubes}) == 1, \
         "pointing cubes are not on one grid"
