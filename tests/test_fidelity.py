@@ -185,6 +185,39 @@ def test_common_shift_and_scatter_are_told_apart(tmp_path):
     np.testing.assert_allclose(stars["flux_ratio"], 1.0, atol=0.01)     # measured / (true x transparency)
 
 
+def test_edge_distance_counts_the_edges_of_each_exposure_that_reaches_the_star(tmp_path):
+    """Combined image 301 columns wide; exposure A covers columns 0-289, exposure B lies 100" away. A star 2 columns
+    inside A's end is near an edge (A cuts its profile) although the combined image holds data around it; a star in
+    the middle keeps the combined image's distance (its rows); B, far away, bears on neither."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [RA0, DEC0]
+    wcs.wcs.crpix = [151.0, 7.0]
+    wcs.wcs.cd = np.diag([-0.2 / 3600, 0.2 / 3600])
+    yy, xx = np.mgrid[0:13, 0:301]
+    sigma = 0.8 / 2.3548 / 0.2
+    sources, image = [], np.full(xx.shape, 2.0)
+    for x in (150.0, 287.0):
+        ra, dec = wcs.pixel_to_world_values(x, 6.0)
+        sources.append({"ra": float(ra), "dec": float(dec), "flux": {"white": 1e4}})
+        image += 1e4 / (2 * math.pi * sigma ** 2) * np.exp(-0.5 * ((xx - x) ** 2 + (yy - 6.0) ** 2) / sigma ** 2)
+    combined = tmp_path / "combined.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, wcs.to_header(), name="DATA")]).writeto(combined)
+    exposure_a = np.where(xx < 290, image, np.nan)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(exposure_a, wcs.to_header(), name="DATA")]).writeto(
+        tmp_path / "a.fits")
+    far = wcs.deepcopy()
+    far.wcs.crval = [RA0 + 100 / 3600 / math.cos(math.radians(DEC0)), DEC0]
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, far.to_header(), name="DATA")]).writeto(tmp_path / "b.fits")
+    alone = tc.measure_point_sources(combined, {"point_sources": sources}, "white")
+    both = tc.measure_point_sources(combined, {"point_sources": sources}, "white",
+                                    exposure_images=[tmp_path / "a.fits", tmp_path / "b.fits"])
+    # the middle star: 6.5 pixels from the rows' edges either way
+    assert alone["edge_distance"][0] == pytest.approx(6.5 * 0.2) and both["edge_distance"][0] == alone["edge_distance"][0]
+    # the star near A's end: 2.5 pixels from it, not the 6.5 of the combined image
+    assert alone["edge_distance"][1] == pytest.approx(6.5 * 0.2) and both["edge_distance"][1] == pytest.approx(2.5 * 0.2)
+
+
 # -- with the real muse_scipost -----------------------------------------------------------------------
 def _one_ifu_geometry(pitch):
     """Focal-plane positions [spaxel] of IFU 1's spaxel centres (48 slices x 75), slices ``pitch`` apart."""
