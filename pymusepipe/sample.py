@@ -123,10 +123,8 @@ class MuseSample:
         StepFailedError
             When jobs failed (after every job that did not depend on them ran).
         """
-        if parameters:
-            for target in self.targets.values():
-                for pipe in target.pipes.values():
-                    pipe.parameters.update(parameters)
+        for target in self.targets.values():
+            target.update_parameters(parameters)
         night = plan_night_steps(self.union_context(), illum=illum)
         plans = OrderedDict()
         for name, target in self.targets.items():

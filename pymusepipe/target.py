@@ -359,9 +359,7 @@ class MuseTarget:
         StepFailedError
             When jobs failed (after every job that did not depend on them ran).
         """
-        if parameters:
-            for pipe in self.pipes.values():
-                pipe.parameters.update(parameters)
+        self.update_parameters(parameters)
         plans = self.plan(illum=illum, fraction=fraction, mosaic=mosaic)
         try:
             outcome = self.run_plans(plans)
@@ -370,6 +368,11 @@ class MuseTarget:
                 self.refresh_report()
         raise_for_failures(outcome)
         return self.steps
+
+    def update_parameters(self, parameters=None):
+        """Recipe parameters (``{recipe: {name: value}}`` as for :class:`MusePipe`) for every pointing."""
+        for pipe in self.pipes.values():
+            pipe.parameters.update(parameters or {})
 
     def refresh_report(self):
         """Every pointing's report page, its nights', the target's and the sample's; :attr:`report_page` is the
