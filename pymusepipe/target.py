@@ -370,7 +370,7 @@ class MuseTarget:
         return self.steps
 
     def update_parameters(self, parameters=None):
-        """Recipe parameters (``{recipe: {name: value}}`` as for :class:`MusePipe`) for every pointing."""
+        """Recipe parameter overrides by step or recipe (as ``parameters`` of :class:`MusePipe`) for every pointing."""
         for pipe in self.pipes.values():
             pipe.parameters.update(parameters or {})
 
