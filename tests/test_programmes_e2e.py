@@ -93,12 +93,11 @@ def _stars(image, truth, transparency=1.0, exposure_images=()):
                                  exposure_images=exposure_images)
 
 
-#: Star-to-star flux scatter allowed on a one-IFU strip beyond the measurement noise. Each row of a strip is a
-#: different slice, and after the flat, twilight and illumination corrections real MUSE slices keep relative
-#: throughput residuals of a few per cent (what muse_scipost's --autocalib is for, not used here). Measured
-#: on these strips: ratios drift by up to +-5 % from one long edge of the strip to the other, smoothly with
-#: the row; the cause in the simulated data is not pinned down (docs/simulator.md, "Star fluxes across a
-#: one-IFU strip").
+#: Star-to-star flux scatter allowed on a one-IFU strip beyond the measurement noise, for stars at least one FWHM
+#: inside every exposure: each row of a strip is a different slice, and real MUSE slices keep relative throughput
+#: residuals of a few per cent after the flat, twilight and illumination corrections (what muse_scipost's
+#: --autocalib is for, not used here). Measured on these strips: 0.966-1.034 (docs/simulator.md, "Star fluxes
+#: across a one-IFU strip").
 SLICE_FLUX_RESIDUAL = 0.05
 
 
