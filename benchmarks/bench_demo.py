@@ -47,7 +47,9 @@ def _reduce(source: Path, target: Path, graph: bool):
 
     shutil.copytree(source, target, copy_function=os.link)   # raw frames are read-only: links suffice
     rc, cal = target / "Config" / "rc.dic", target / "Config" / "calib_tables.dic"
-    rc.write_text(rc.read_text().replace(str(source), str(target)))
+    text = rc.read_text().replace(str(source), str(target))
+    rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
+    rc.write_text(text)
     pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=True,
                     filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
     start = time.monotonic()

@@ -112,7 +112,9 @@ def main(argv=None):
         if not (args.resume and rc.is_file()):
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(source, root, copy_function=os.link)   # raw frames are read-only: links suffice
-            rc.write_text(rc.read_text().replace(str(source), str(root)))
+            text = rc.read_text().replace(str(source), str(root))
+            rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
+            rc.write_text(text)
         pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=not args.resume, ifu_mode=mode,
                         filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
         start = time.monotonic()
