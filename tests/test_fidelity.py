@@ -154,17 +154,23 @@ def test_velocity_field_recovers_a_synthetic_cube(tmp_path, correction, bins, n_
     assert centre == pytest.approx(tc.doppler_compose(disc.velocity, correction), abs=0.5)
 
 
+def _strip_wcs():
+    """A one-IFU strip's grid: 301 x 13 spaxels of 0.2", centred on (RA0, DEC0)."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [RA0, DEC0]
+    wcs.wcs.crpix = [151.0, 7.0]
+    wcs.wcs.cd = np.diag([-0.2 / 3600, 0.2 / 3600])
+    return wcs
+
+
 def test_common_shift_and_scatter_are_told_apart(tmp_path):
     rng = np.random.default_rng(4)
     n = 12
     sources = [{"ra": RA0 + (4.0 * k - 22.0) / 3600 / math.cos(math.radians(DEC0)),   # 4" apart
                 "dec": DEC0 + rng.uniform(-0.5, 0.5) / 3600, "flux": {"white": 1e4}} for k in range(n)]
     shift_e, shift_n = 0.004, -0.031                         # arcsec: what the demo's cube shows
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [RA0, DEC0]
-    wcs.wcs.crpix = [151.0, 7.0]
-    wcs.wcs.cd = np.diag([-0.2 / 3600, 0.2 / 3600])
+    wcs = _strip_wcs()
     yy, xx = np.mgrid[0:13, 0:301]
     image = np.full(xx.shape, 2.0)
     scatter = rng.normal(0, 0.003, (n, 2))
@@ -189,11 +195,7 @@ def test_edge_distance_counts_the_edges_of_each_exposure_that_reaches_the_star(t
     """Combined image 301 columns wide; exposure A covers columns 0-289, exposure B lies 100" away. A star 2 columns
     inside A's end is near an edge (A cuts its profile) although the combined image holds data around it; a star in
     the middle keeps the combined image's distance (its rows); B, far away, bears on neither."""
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [RA0, DEC0]
-    wcs.wcs.crpix = [151.0, 7.0]
-    wcs.wcs.cd = np.diag([-0.2 / 3600, 0.2 / 3600])
+    wcs = _strip_wcs()
     yy, xx = np.mgrid[0:13, 0:301]
     sigma = 0.8 / 2.3548 / 0.2
     sources, image = [], np.full(xx.shape, 2.0)
