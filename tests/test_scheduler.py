@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pymusepipe.executors import FakeExecutor, LocalExecutor
-from pymusepipe.scheduler import RunInterrupted, Scheduler
+from pymusepipe.scheduler import RunInterrupted, Scheduler, critical_path_priority
 
 from scheduler_tasks import CommandTask, max_overlap, sleep_task
 
@@ -126,6 +126,20 @@ def test_dependency_order_is_respected(tmp_path):
              for name, deps in (("third", ("second",)), ("second", ("first",)), ("first", ()))]
     _run(tasks, cpus=[0, 1])
     assert order.read_text().split() == ["first", "second", "third"]
+
+
+def test_the_task_with_the_longest_chain_waiting_on_it_starts_first(tmp_path):
+    """One CPU, two ready tasks: the one three others wait on in a row starts before the one nothing waits on,
+    although the plan lists it second."""
+    order = tmp_path / "order.txt"
+    graph = (("offset_sky", ()), ("standard_star", ()), ("response", ("standard_star",)),
+             ("scipost", ("response",)), ("combine", ("scipost",)))
+    tasks = [CommandTask(tmp_path, name, ["sh", "-c", f"echo {name} >> {order}"], depends_on=deps)
+             for name, deps in graph]
+    assert critical_path_priority(tasks) == {"offset_sky": (1, 0), "standard_star": (4, 3), "response": (3, 2),
+                                             "scipost": (2, 1), "combine": (1, 0)}
+    _run(tasks, cpus=[0])
+    assert order.read_text().split() == ["standard_star", "response", "scipost", "offset_sky", "combine"]
 
 
 def test_invalid_graphs_are_refused(tmp_path):
