@@ -14,20 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from astropy.table import Table
+from job_timing import count_in, read_jobs
+from pymusepipe.esorex import available_cpus
 
 
 def _cpu_and_jobs(root: Path):
-    cpu, calibration_jobs, jobs = 0.0, 0, 0
-    for path in root.rglob("Astro_Tables/muse_*_jobs.fits"):
-        table = Table.read(path)
-        done = table[table["status"] == "done"]
-        cpu += float(np.sum(np.clip(done["cpu_seconds"], 0, None)))
-        jobs += len(done)
-        if "/Calibrations/" in str(path):
-            calibration_jobs += len(done)
-    return cpu, calibration_jobs, jobs
+    """(esorex CPU s, calibration jobs, jobs) of a reduction, from its job tables."""
+    jobs = read_jobs(root)
+    return sum(job.cpu_seconds for job in jobs), count_in(jobs, "night"), len(jobs)
 
 
 def main(argv=None):
@@ -50,13 +44,17 @@ def main(argv=None):
             ObservingBlock(night=1, pointing=3, exposures=args.exposures, offset_sky=False)])])
     run = simulate_programme(source, programme, overwrite=True)
     reference = run.root / run.targets["MOSAIC"]["reference_image"]["file"]
-    options = dict(filter_list="white,Cousins_R", filter_for_alignment="Cousins_R")
+    # The target aligns through its reference's band (SDSS r here); each independent pointing has no
+    # reference and aligns through the default band (Cousins R).
+    options = dict(filter_list="white,Cousins_R")
 
     # One target: each night's calibrations once, one graph, the mosaic.
     root = workdir / "target"
     shutil.copytree(source, root, copy_function=os.link)
     rc = root / "Config" / "rc.dic"
-    rc.write_text(rc.read_text().replace(str(source), str(root)))
+    text = rc.read_text().replace(str(source), str(root))
+    rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
+    rc.write_text(text)
     start = time.monotonic()
     MuseTarget("MOSAIC", rc_filename=rc, cal_filename=root / "Config" / "calib_tables.dic",
                reference=root / reference.relative_to(source), **options).run_all_recipes(report=False)
@@ -79,11 +77,15 @@ def main(argv=None):
         independent_cpu += cpu
         independent_calibrations += calibrations
         independent_jobs += jobs
-    print(f"{'way':<34}{'wall s':>9}{'esorex CPU s':>14}{'jobs':>6}{'calibration jobs':>18}")
-    print(f"{'one target (calibrations once)':<34}{target_wall:>9.0f}{target_cpu:>14.0f}{target_jobs:>6}"
-          f"{target_calibrations:>18}")
-    print(f"{'three independent pointings':<34}{independent_wall:>9.0f}{independent_cpu:>14.0f}"
-          f"{independent_jobs:>6}{independent_calibrations:>18}")
+    cores = len(available_cpus())
+    print(f"{'way':<34}{'wall s':>9}{'esorex CPU s':>14}{'jobs':>6}{'calibration jobs':>18}{'busy %':>8}"
+          f"{'wall/(CPU/cores)':>18}")
+    for way, wall, cpu, jobs, calibrations in (
+            ("one target (calibrations once)", target_wall, target_cpu, target_jobs, target_calibrations),
+            ("three independent pointings", independent_wall, independent_cpu, independent_jobs,
+             independent_calibrations)):
+        print(f"{way:<34}{wall:>9.0f}{cpu:>14.0f}{jobs:>6}{calibrations:>18}{100 * cpu / wall:>8.0f}"
+              f"{wall / (cpu / cores):>18.2f}")
     print(f"the target takes {target_wall / independent_wall:.2f} of the wall time (and also builds the mosaic)")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
