@@ -28,8 +28,8 @@ from typing import Callable, Sequence
 from .esorex import parse_log
 
 __all__ = ["Command", "Outcome", "JobResult", "Task", "Scheduler", "RunInterrupted", "Capacity",
-           "classify_outcome", "critical_path_priority", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "STATUS_PLANNED",
-           "STATUS_UPTODATE", "STATUS_INTERRUPTED"]
+           "classify_outcome", "critical_path_priority", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED",
+           "STATUS_PLANNED", "STATUS_UPTODATE", "STATUS_INTERRUPTED"]
 
 logger = logging.getLogger(__name__)
 
@@ -433,8 +433,8 @@ class Scheduler:
 
 
 def critical_path_priority(tasks: Sequence[Task]) -> dict:
-    """``{name: (longest chain, descendants)}``: how many tasks the longest chain starting at each task holds
-    (itself included), and how many tasks wait on it directly or not.
+    """``{name: (longest chain, dependents)}``: how many tasks the longest chain starting at each task holds
+    (itself included), and how many tasks depend on it directly.
 
     The scheduler starts the ready tasks with the largest first (critical-path-first list scheduling): a job
     many others wait on in a row (the standard star's scibasic, on which the response, every exposure's
@@ -445,27 +445,23 @@ def critical_path_priority(tasks: Sequence[Task]) -> dict:
     names = {task.name for task in tasks}
     dependents: dict = {name: [] for name in names}
     for task in tasks:
-        for name in task.depends_on:
+        for name in set(task.depends_on):
             if name in names and name != task.name:
                 dependents[name].append(task.name)
     chain: dict = {}
-    below: dict = {}
     visiting: set = set()
 
     def visit(name):
-        if name in chain:
-            return
-        visiting.add(name)            # a cycle (reported by the run itself) must not recurse for ever
-        followers = [other for other in dependents[name] if other not in visiting]
-        for other in followers:
-            visit(other)
-        chain[name] = 1 + max((chain[other] for other in followers), default=0)
-        below[name] = set(followers).union(*(below[other] for other in followers))
-        visiting.discard(name)
+        if name not in chain:
+            visiting.add(name)        # a cycle (reported by the run itself) must not recurse for ever
+            chain[name] = 1 + max((visit(other) for other in dependents[name] if other not in visiting),
+                                  default=0)
+            visiting.discard(name)
+        return chain[name]
 
     for name in names:
         visit(name)
-    return {name: (chain[name], len(below[name])) for name in names}
+    return {name: (chain[name], len(dependents[name])) for name in names}
 
 
 def _callback(events: queue.Queue, name: str):
