@@ -15,7 +15,6 @@ truth. The wall time is the chain's; the HTML report drawn after it is timed apa
 Usage: python benchmarks/bench_demo.py [--mode graph|steps|both] [--workdir DIR] [--keep]
 """
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from data_root import link_copy
 from job_timing import describe_chain, summary
 from pymusepipe.demo import DEMO_FILTER, compare_with_truth, final_products, report
 from pymusepipe.esorex import available_cpus
@@ -34,11 +34,7 @@ def _reduce(source: Path, target: Path, graph: bool):
     from pymusepipe.musepipe import MusePipe
     from pymusepipe.simulate.run import SimulatedRun  # noqa: F401  (documents what `source` holds)
 
-    shutil.copytree(source, target, copy_function=os.link)   # raw frames are read-only: links suffice
-    rc, cal = target / "Config" / "rc.dic", target / "Config" / "calib_tables.dic"
-    text = rc.read_text().replace(str(source), str(target))
-    rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
-    rc.write_text(text)
+    rc, cal = link_copy(source, target), target / "Config" / "calib_tables.dic"
     pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=True,
                     filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
     start = time.monotonic()

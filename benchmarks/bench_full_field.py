@@ -12,7 +12,6 @@ Usage: python benchmarks/bench_full_field.py [--workdir DIR] [--modes merged,fan
 """
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from data_root import link_copy
 from pymusepipe.esorex import available_cpus
 from pymusepipe.memory import memory_need
 
@@ -111,10 +111,7 @@ def main(argv=None):
         rc, cal = root / "Config" / "rc.dic", root / "Config" / "calib_tables.dic"
         if not (args.resume and rc.is_file()):
             shutil.rmtree(root, ignore_errors=True)
-            shutil.copytree(source, root, copy_function=os.link)   # raw frames are read-only: links suffice
-            text = rc.read_text().replace(str(source), str(root))
-            rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
-            rc.write_text(text)
+            link_copy(source, root)
         pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=not args.resume, ifu_mode=mode,
                         filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
         start = time.monotonic()

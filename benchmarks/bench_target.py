@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_root import link_copy
 from job_timing import count_in, read_jobs
 from pymusepipe.esorex import available_cpus
 
@@ -50,11 +51,7 @@ def main(argv=None):
 
     # One target: each night's calibrations once, one graph, the mosaic.
     root = workdir / "target"
-    shutil.copytree(source, root, copy_function=os.link)
-    rc = root / "Config" / "rc.dic"
-    text = rc.read_text().replace(str(source), str(root))
-    rc.unlink()   # a hard link to the source's rc.dic: write a file of its own
-    rc.write_text(text)
+    rc = link_copy(source, root)
     start = time.monotonic()
     MuseTarget("MOSAIC", rc_filename=rc, cal_filename=root / "Config" / "calib_tables.dic",
                reference=root / reference.relative_to(source), **options).run_all_recipes(report=False)
