@@ -25,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from data_root import link_copy
-from job_timing import describe_chain, summary
+from job_timing import describe_chain, summary, wall_lower_bound
 from pymusepipe.demo import DEMO_FILTER, compare_with_truth, final_products, report
 from pymusepipe.esorex import available_cpus
 
@@ -81,6 +81,13 @@ def main(argv=None):
         bound = max(timing["critical_path"], timing["cpu"] / cores) / (timing["cpu"] / cores)
         print(f"{mode}: critical path {timing['critical_path']:.0f} s of dependent jobs, so no scheduler reaches "
               f"wall/(CPU/cores) below {bound:.2f} with these recipe run times\n{describe_chain(timing['chain'])}")
+        # Tighter: the jobs nothing can run beside leave their idle cores idle under any schedule.
+        shortest, serial = wall_lower_bound(timing["every"], timing["cpu"], cores)
+        print(f"{mode}: {len(serial)} job(s) can run beside no other ("
+              f"{', '.join(job.recipe for job in serial) or 'none'}: {sum(j.duration for j in serial):.0f} s wall, "
+              f"{sum(j.cpu_seconds for j in serial):.0f} s CPU), so no schedule of these run times takes less than "
+              f"{shortest:.0f} s: busy <= {100 * timing['cpu'] / shortest:.0f} %, "
+              f"wall/(CPU/cores) >= {shortest / (timing['cpu'] / cores):.2f}")
     if len(cubes) == 2:
         first, second = (fits.getdata(cubes[mode], "DATA") for mode in modes)
         finite = np.isfinite(first)

@@ -84,12 +84,44 @@ def _report(root: Path, mode: str, wall: float):
         print(f"{step:<18}{size / 1e9:>16.2f}")
 
 
+def _clean(pipe, records, reason):
+    count, size = pipe.engine.clean(records, reason=reason)
+    print(f"cleaned {count} file(s), {size / 1e9:.1f} GB: {reason}", flush=True)
+
+
+def _run_in_phases(pipe, combine_memory_gb=None):
+    """The chain in four phases, deleting what nothing will read again between them (disk-bound machines)."""
+    phases = (("standard", lambda: _clean(pipe, pipe.engine.catalogue.select(tag="PIXTABLE_STD"),
+                                          "the standard star's pixel tables, read only by muse_standard")),
+              ("align_bygroup", lambda: _clean(pipe, pipe.engine.catalogue.select(step="prep_align"),
+                                               "the pre-alignment cubes, read only by the alignment")),
+              ("scipost_sky", None),
+              (None, None))
+    for last, after in phases:
+        if last is None and combine_memory_gb:
+            pipe.engine.executor.memory_gb = float(combine_memory_gb)
+        start = time.monotonic()
+        pipe.run_all_recipes(last=last, report=last is None)
+        print(f"phase up to {last or 'the end'}: {time.monotonic() - start:.0f} s", flush=True)
+        if after is not None:
+            after()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir")
     parser.add_argument("--modes", default="merged,fanout")
     parser.add_argument("--ifus", default="1-24")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--memory-gb", type=float,
+                        help="memory budget of the chain (default: 80%% of the machine's available memory)")
+    parser.add_argument("--combine-memory-gb", type=float,
+                        help="budget for the last phase (muse_exp_combine), run alone: lets it be tried beyond "
+                             "the model's limit to measure it")
+    parser.add_argument("--clean-early", action="store_true",
+                        help="run in four phases and delete intermediates as soon as nothing reads them: the "
+                             "standard star's pixel tables after muse_standard, the pre-alignment cubes after "
+                             "the alignment (a full pointing otherwise needs about 55 GB)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the reductions already in WORKDIR (up-to-date jobs are not run again)")
     args = parser.parse_args(argv)
@@ -113,11 +145,15 @@ def main(argv=None):
             shutil.rmtree(root, ignore_errors=True)
             link_copy(source, root)
         pipe = MusePipe("SIMGAL", 1, rc, cal, logfile="bench.log", reset_log=not args.resume, ifu_mode=mode,
-                        filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER)
+                        filter_list=f"white,{DEMO_FILTER}", filter_for_alignment=DEMO_FILTER,
+                        memory_gb=args.memory_gb)
         start = time.monotonic()
         failure = None
         try:
-            pipe.run_all_recipes()
+            if args.clean_early:
+                _run_in_phases(pipe, args.combine_memory_gb)
+            else:
+                pipe.run_all_recipes()
         except Exception as error:  # noqa: BLE001 - report what ran, then the failure
             failure = error
         wall = time.monotonic() - start

@@ -7,7 +7,11 @@ start time, wall time, the CPU time of its processes, its threads and the files 
 - its *critical path*: the longest chain of jobs in which each one needs a product of the one before. No
   scheduler can finish the reduction sooner than that chain takes, whatever the number of cores, unless the
   recipes on it run faster. Comparing it with ``esorex CPU / cores`` says whether idle cores are the
-  scheduler's fault (wall well above the chain) or the recipes' (wall close to the chain).
+  scheduler's fault (wall well above the chain) or the recipes' (wall close to the chain);
+- its *serial jobs*: those that every other job either waits for or comes after (muse_bias, muse_flat and
+  muse_wavecal at the head of a night). Nothing can run beside them, so while they run the cores they leave
+  idle stay idle under any schedule. That gives a second lower bound on the wall time:
+  ``serial wall + (CPU - serial CPU) / cores``.
 """
 import json
 from dataclasses import dataclass, field
@@ -91,12 +95,50 @@ def critical_path(jobs: list) -> tuple:
     return finish[last.name], chain[::-1]
 
 
+def _links(jobs: list) -> dict:
+    """job name -> names of the jobs that wrote a file it reads (its direct prerequisites)."""
+    producer = {path: job.name for job in jobs for path in job.writes}
+    return {job.name: {producer[path] for path in job.reads if path in producer} - {job.name} for job in jobs}
+
+
+def serial_jobs(jobs: list) -> list:
+    """The jobs that can overlap no other job: every other one is among their ancestors or descendants."""
+    before = _links(jobs)
+    ancestors = {}
+
+    def ancestors_of(name):
+        if name not in ancestors:
+            ancestors[name] = set()             # guards against a cycle through a rewritten product
+            found = set()
+            for parent in before[name]:
+                found |= {parent} | ancestors_of(parent)
+            ancestors[name] = found
+        return ancestors[name]
+
+    names = {job.name for job in jobs}
+    descendants = {name: set() for name in names}
+    for name in names:
+        for ancestor in ancestors_of(name):
+            descendants[ancestor].add(name)
+    return [job for job in jobs if ancestors_of(job.name) | descendants[job.name] | {job.name} == names]
+
+
+def wall_lower_bound(jobs: list, cpu: float, cores: int) -> tuple:
+    """(seconds, serial jobs): the shortest wall time any schedule of these jobs, with these run times, can
+    reach on ``cores`` cores: the critical path, or the serial jobs' wall plus the rest of ``cpu`` spread
+    evenly over the cores, whichever is longer."""
+    serial = serial_jobs(jobs)
+    serial_cpu = sum(job.cpu_seconds for job in serial if job.recipe.startswith("muse_"))
+    serial_wall = sum(job.duration for job in serial)
+    return max(critical_path(jobs)[0], serial_wall + max(cpu - serial_cpu, 0.0) / cores), serial
+
+
 def summary(root: Path) -> dict:
     """CPU, count and peak RSS of the esorex jobs under ``root``, and the critical path of all its jobs."""
     every = read_jobs(root, esorex_only=False)
     jobs = [job for job in every if job.recipe.startswith("muse_")]
     length, chain = critical_path(every)       # the Python steps (alignment) are links of the chain too
-    return {"jobs": jobs, "cpu": float(sum(job.cpu_seconds for job in jobs)), "count": len(jobs),
+    return {"jobs": jobs, "every": every, "cpu": float(sum(job.cpu_seconds for job in jobs)), "count": len(jobs),
             "rss_mb": float(max((job.max_rss_mb for job in jobs), default=0.0)),
             "critical_path": length, "chain": chain}
 

@@ -611,3 +611,25 @@ def test_writing_only_some_kinds_gives_the_same_bytes(tmp_path):
     with pytest.raises(SimulationError, match="only="):
         simulate_programme(tmp_path / "c", programme, only=("DARK",))
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("ifus", [(1,), (3, 4), tuple(range(1, 25))])
+def test_the_standard_star_falls_inside_the_simulated_field_away_from_its_edges(ifus):
+    from pymusepipe.simulate.schedule import schedule_programme
+
+    model = InstrumentModel(ifus=ifus)
+    programme = Programme([_night()], [TargetPlan("T", blocks=[ObservingBlock(night=0)])], ifus=ifus).check()
+    schedule = schedule_programme(programme, model)
+    frame = next(frame for frame in schedule.frames if frame.exposure.kind == "STD")
+    star = schedule.standards[0]
+    # star position in the focal plane of the exposure [arcsec north of the point muse_scipost centres on]
+    north = (star["dec"] - frame.item["true_dec"]) * 3600.0
+    extents = [model.ifu_focal_extent(ifu) for ifu in model.ifus]
+    bottom = (min(e[2] for e in extents) - model.focal_centre[1]) * model.spaxel_scale
+    top = (max(e[3] for e in extents) - model.focal_centre[1]) * model.spaxel_scale
+    # on one strip (the middle of the simulated strips), within 0.2" of its middle
+    middles = sorted(((e[2] + e[3]) / 2 - model.focal_centre[1]) * model.spaxel_scale for e in extents)
+    assert min(abs(north - middle) for middle in middles) <= 0.2
+    if len(ifus) == 24:
+        # a real standard is centred: far from the field's edges (the flux integration window is not cut)
+        assert abs(north) < 2.0 and min(north - bottom, top - north) > 25.0

@@ -216,9 +216,12 @@ def schedule_programme(programme: Programme, model: InstrumentModel) -> Programm
             std_ra = round(float(lst_degrees(std_mjd)), 4)
             star = {"name": f"SIM_WD{index + 1}", "ra": std_ra, "dec": round(GEOLAT + 0.6, 4),
                     "temperature": 40000.0, "vmag": 12.0, "night": index, "date": night.date}
-            # the star falls on the first simulated strip, 3" east of its middle, away from its edges
-            _, _, ymin, ymax = model.ifu_focal_extent(model.ifus[0])
-            strip_north = 0.5 * (ymin + ymax - 2 * model.focal_centre[1]) * model.spaxel_scale
+            # The star falls on the simulated strip nearest the field's centre (the only strip of a one-IFU
+            # run; a middle one of a full field, as a real standard is centred), 3" east of the strip's middle,
+            # away from its edges. On an edge strip of a full field the flux integration window is cut.
+            strip_middles = [0.5 * (ymin + ymax) for _, _, ymin, ymax in map(model.ifu_focal_extent, model.ifus)]
+            strip_north = min(((middle - model.focal_centre[1]) * model.spaxel_scale for middle in strip_middles),
+                              key=abs)
             pointing = (std_ra + 3.0 / 3600.0 / np.cos(np.radians(star["dec"])),
                         star["dec"] - strip_north / 3600.0 - 0.1 / 3600.0)
             psf = conditions[index]["seeing"] * (AO_FWHM_RATIO if mode in AO_MODES else 1.0)
