@@ -305,7 +305,12 @@ class Scheduler:
                         if task.local:
                             threads = 1
                         elif capacity:
-                            waiting = sum(1 for other in ready[index:] if other in pending and not other.local)
+                            # Share the cores only with the ready jobs that fit in memory beside this one: a
+                            # job the budget keeps waiting would leave its share of the cores idle.
+                            room = free_memory - task.memory_need(1)
+                            waiting = 1 + sum(1 for other in ready[index + 1:]
+                                              if other in pending and not other.local
+                                              and other.memory_need(1) <= room + 1e-9)
                             threads = self.thread_policy(task, free_cpus, waiting)
                             threads = max(1, min(threads, max(free_cpus, 1)))
                             memory = task.memory_need(threads)

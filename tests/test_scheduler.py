@@ -55,6 +55,22 @@ def test_a_lone_job_gets_every_core_and_ready_jobs_share_them(tmp_path):
     assert {results[task.name].argv[2] for task in pair} == {"0", "1"}
 
 
+def test_ready_jobs_that_cannot_fit_in_memory_beside_it_do_not_take_its_threads(tmp_path):
+    # Two jobs ready together, each needing most of the memory budget: they run one after the other, so the
+    # first must get both cores instead of leaving one idle for a job that cannot start beside it.
+    events = []
+    probe = ["sh", "-c", "echo $OMP_NUM_THREADS"]
+    big = [CommandTask(tmp_path, name, probe, max_threads=8, memory_gb=3.0, events=events)
+           for name in ("big1", "big2")]
+    small = [CommandTask(tmp_path, name, probe, max_threads=8, memory_gb=0.5, events=events)
+             for name in ("small1", "small2")]
+    _run(big, cpus=[0, 1], memory_gb=4.0)
+    assert [task.stdout_path.read_text().split()[0] for task in big] == ["2", "2"]
+    # Jobs that do fit together still share the cores.
+    _run(small, cpus=[0, 1], memory_gb=4.0)
+    assert [task.stdout_path.read_text().split()[0] for task in small] == ["1", "1"]
+
+
 @pytest.mark.skipif(shutil.which("likwid-pin") is None, reason="likwid-pin not installed")
 def test_likwid_pins_to_the_allocated_cpu(tmp_path):
     probe = tmp_path / "probe.sh"  # likwid-pin re-splits arguments on spaces: pass a script, not "sh -c ..."
