@@ -84,6 +84,34 @@ def _report(root: Path, mode: str, wall: float):
         print(f"{step:<18}{size / 1e9:>16.2f}")
 
 
+def _star_line(label, stars, transparency=1.0):
+    offsets = np.asarray(stars["offset"])
+    ratios = np.asarray(stars["flux_ratio"]) / transparency
+    return (f"{label}: {len(stars)} stars, position error median {np.median(offsets):.3f}\" max "
+            f"{offsets.max():.3f}\"; flux / (truth x transparency) median {np.median(ratios):.3f} "
+            f"({ratios.min():.3f}-{ratios.max():.3f})")
+
+
+def _check_exposures(pipe, truth, step="scipost"):
+    """Each exposure's image from ``step`` against the truth (its own seeing and transparency)."""
+    from astropy.io import fits
+
+    from pymusepipe.demo import DEMO_FILTER
+    from pymusepipe.truthcheck import measure_point_sources
+
+    by_date = {entry["date_obs"][:19]: entry for entry in truth["exposures"] if entry["kind"] == "OBJECT"}
+    for record in sorted(pipe.engine.catalogue.select(tag="IMAGE_FOV", step=step), key=lambda r: r.path):
+        if DEMO_FILTER not in Path(record.path).name:
+            continue
+        entry = by_date.get(str(fits.getheader(record.path, 0).get("DATE-OBS", ""))[:19])
+        if entry is None:
+            continue
+        stars = measure_point_sources(record.path, truth, DEMO_FILTER, seeing_arcsec=entry["psf_fwhm_arcsec"],
+                                      transparency=entry["transparency"])
+        if len(stars):
+            print(_star_line(f"{step} image {Path(record.path).name} vs truth", stars), flush=True)
+
+
 def _clean(pipe, records, reason):
     count, size = pipe.engine.clean(records, reason=reason)
     print(f"cleaned {count} file(s), {size / 1e9:.1f} GB: {reason}", flush=True)
@@ -166,11 +194,9 @@ def main(argv=None):
             result = compare_with_truth(pipe, truth)
             stars = result["stars"]
             if len(stars):
-                offsets = np.asarray(stars["offset"])
-                ratios = np.asarray(stars["flux_ratio"]) / result["transparency"]
-                print(f"final cube vs truth: {len(stars)} stars, position error median {np.median(offsets):.3f}\" "
-                      f"max {offsets.max():.3f}\"; flux / (truth x transparency) median {np.median(ratios):.3f} "
-                      f"({ratios.min():.3f}-{ratios.max():.3f})", flush=True)
+                print(_star_line("final cube vs truth", stars, result["transparency"]), flush=True)
+        # Every exposure's own cube too: it is all there is when the combination does not fit in memory.
+        _check_exposures(pipe, json.loads((root / "SIMGAL" / "truth.json").read_text()))
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if not args.keep:

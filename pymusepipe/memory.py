@@ -56,7 +56,8 @@ MEMORY_MODELS = MappingProxyType({
     # IFU, 10.57 GB on 24 (bench_full_field.py), i.e. 0.96 GB + 0.40 GB per IFU.
     "muse_twilight": MemoryModel(base=0.96, per_ifu_exposure=0.40),
     "muse_scibasic": MemoryModel(base=0.25, per_ifu=1.12),
-    "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.45),
+    # muse_standard: 0.70 GB on one IFU, 15.48 GB on 24 (bench_full_field.py, 1 or 2 threads alike).
+    "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.635),
     "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.44),
     "muse_scipost": MemoryModel(base=0.25, per_ifu_exposure=0.81),
     "muse_exp_align": MemoryModel(base=0.28),
