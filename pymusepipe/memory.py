@@ -58,7 +58,8 @@ MEMORY_MODELS = MappingProxyType({
     "muse_scibasic": MemoryModel(base=0.25, per_ifu=1.12),
     # muse_standard: 0.70 GB on one IFU, 15.48 GB on 24 (bench_full_field.py, 1 or 2 threads alike).
     "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.635),
-    "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.44),
+    # muse_create_sky on an object exposure's 24 tables: 15.48 GB (1 thread), 15.49 GB (2): as muse_standard.
+    "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.635),
     "muse_scipost": MemoryModel(base=0.25, per_ifu_exposure=0.81),
     "muse_exp_align": MemoryModel(base=0.28),
     "muse_exp_combine": MemoryModel(base=0.3, per_ifu_exposure=0.71),

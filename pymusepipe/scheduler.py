@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -195,6 +196,11 @@ def classify_outcome(command: Command, outcome: Outcome, tail_lines: int = 15) -
     message = ""
     if outcome.timed_out:
         message = f"timed out after {outcome.duration:.0f} s and was killed"
+    elif outcome.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        # Nobody here sent it: on a machine without swap this is the kernel's out-of-memory killer.
+        message = (f"esorex was killed (SIGKILL, exit code {outcome.returncode}) at a peak of "
+                   f"{max(outcome.max_rss_mb, 0) / 1024:.1f} GB, most likely by the system's out-of-memory killer: "
+                   "it needs a machine with more memory, or fewer IFUs per job")
     elif outcome.returncode != 0:
         message = f"esorex exited with code {outcome.returncode}"
     else:

@@ -99,6 +99,15 @@ def test_each_job_runs_in_its_own_output_folder(tmp_path):
         assert task.stdout_path.read_text().strip() == str(task.cwd)
 
 
+@pytest.mark.parametrize("argv", [["sh", "-c", "kill -9 $$"],                 # the job itself is killed
+                                  ["sh", "-c", "sh -c 'kill -9 $$'; exit $?"]])  # a shell reports it: 137
+def test_a_job_killed_by_sigkill_is_reported_as_out_of_memory_likely(tmp_path, argv):
+    results = _run([CommandTask(tmp_path, "killed", argv)], cpus=[0, 1])
+    assert results["killed"].status == "failed"
+    assert results["killed"].message.startswith("esorex was killed (SIGKILL, exit code")
+    assert "out-of-memory killer" in results["killed"].message
+
+
 def test_failure_skips_dependents_transitively_and_independents_run(tmp_path):
     events = []
     tasks = [CommandTask(tmp_path, "a", ["sh", "-c", "echo '[ ERROR ] broken input'; exit 3"], events=events),
