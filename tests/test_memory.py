@@ -12,6 +12,7 @@ MEASURED = [
     ("muse_scibasic", 24, 1, True, 1.34), ("muse_standard", 24, 2, False, 15.48), ("muse_standard", 1, 1, False, 0.70),
     ("muse_create_sky", 24, 1, False, 15.48), ("muse_create_sky", 24, 2, False, 15.49),
     ("muse_create_sky", 1, 1, False, 0.69),
+    ("muse_scipost", 24, 2, False, 15.49),   # --skymethod=subtract-model; with model it was killed at 23.1 GB
 ]
 
 
