@@ -81,8 +81,9 @@ def main(argv=None):
         bound = max(timing["critical_path"], timing["cpu"] / cores) / (timing["cpu"] / cores)
         print(f"{mode}: critical path {timing['critical_path']:.0f} s of dependent jobs, so no scheduler reaches "
               f"wall/(CPU/cores) below {bound:.2f} with these recipe run times\n{describe_chain(timing['chain'])}")
-        # Tighter: the jobs nothing can run beside leave their idle cores idle under any schedule.
-        shortest, serial = wall_lower_bound(timing["every"], timing["cpu"], cores)
+        # Tighter: the jobs no other recipe can run beside leave their idle cores idle under any schedule
+        # (among the esorex jobs, whose CPU time the busy fraction counts).
+        shortest, serial = wall_lower_bound(timing["jobs"], timing["cpu"], cores)
         print(f"{mode}: {len(serial)} job(s) can run beside no other ("
               f"{', '.join(job.recipe for job in serial) or 'none'}: {sum(j.duration for j in serial):.0f} s wall, "
               f"{sum(j.cpu_seconds for j in serial):.0f} s CPU), so no schedule of these run times takes less than "

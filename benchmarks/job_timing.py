@@ -138,7 +138,7 @@ def summary(root: Path) -> dict:
     every = read_jobs(root, esorex_only=False)
     jobs = [job for job in every if job.recipe.startswith("muse_")]
     length, chain = critical_path(every)       # the Python steps (alignment) are links of the chain too
-    return {"jobs": jobs, "every": every, "cpu": float(sum(job.cpu_seconds for job in jobs)), "count": len(jobs),
+    return {"jobs": jobs, "cpu": float(sum(job.cpu_seconds for job in jobs)), "count": len(jobs),
             "rss_mb": float(max((job.max_rss_mb for job in jobs), default=0.0)),
             "critical_path": length, "chain": chain}
 
