@@ -69,17 +69,22 @@ def read_jobs(root: Path, esorex_only: bool = True) -> list:
     return jobs
 
 
+def _links(jobs: list) -> dict:
+    """job name -> names of the jobs that wrote a file it reads (its direct prerequisites)."""
+    producer = {path: job.name for job in jobs for path in job.writes}
+    return {job.name: {producer[path] for path in job.reads if path in producer} - {job.name} for job in jobs}
+
+
 def critical_path(jobs: list) -> tuple:
     """(seconds, [jobs]) of the longest chain in which each job reads a product of the previous one."""
-    producer = {path: job for job in jobs for path in job.writes}
+    links, by_name = _links(jobs), {job.name: job for job in jobs}
     finish, chain_before, visiting = {}, {}, set()
 
     def finish_of(job):
         if job.name not in finish:
-            visiting.add(job.name)          # a job reading its own earlier product is not a link
-            previous = {producer[path].name: producer[path] for path in job.reads
-                        if path in producer and producer[path].name not in visiting}
-            before = max(previous.values(), key=finish_of, default=None)
+            visiting.add(job.name)          # guards against a cycle through a rewritten product
+            previous = [by_name[name] for name in links[job.name] if name not in visiting]
+            before = max(previous, key=finish_of, default=None)
             finish[job.name] = job.duration + (finish_of(before) if before else 0.0)
             chain_before[job.name] = before
             visiting.discard(job.name)
@@ -93,12 +98,6 @@ def critical_path(jobs: list) -> tuple:
         chain.append(job)
         job = chain_before[job.name]
     return finish[last.name], chain[::-1]
-
-
-def _links(jobs: list) -> dict:
-    """job name -> names of the jobs that wrote a file it reads (its direct prerequisites)."""
-    producer = {path: job.name for job in jobs for path in job.writes}
-    return {job.name: {producer[path] for path in job.reads if path in producer} - {job.name} for job in jobs}
 
 
 def serial_jobs(jobs: list) -> list:
