@@ -15,7 +15,8 @@ from astropy.io import fits
 from pymusepipe import instrument
 from pymusepipe.simulate import (NightPlan, ObservingBlock, Programme, ReferenceImagePlan, SimulationError,
                                  TargetPlan, command, detector, example_programme, load_programme, render,
-                                 simulate_programme, spectra, survey_programme, write_archive_masters)
+                                 demo_programme, simulate_programme, spectra, survey_programme,
+                                 write_archive_masters)
 from pymusepipe.simulate import run as run_module
 from pymusepipe.simulate.model import RAW_NX, RAW_NY, InstrumentModel
 from pymusepipe.simulate.observing import Exposure, primary_header
@@ -52,6 +53,7 @@ def _one_target(**kw):
     (Programme([_night()], [_one_target()], ifus=(0,)), "1-24"),
     (Programme([_night()], [_one_target()], ifus=(3, 3)), "unique"),
     (Programme([_night()], [_one_target()], seed=-1), "seed"),
+    (Programme([_night()], [_one_target()], psf_beta=1.0), "psf_beta"),
     (Programme([_night(), _night("2026-03-15")], [_one_target()]), r"nights\[1\].*calibration_raw='pointing'"),
     (Programme([_night(mode="NFM-AO-N")], [_one_target()]), "header_only=True"),
     (Programme([_night()], [_one_target(reference_image=ReferenceImagePlan(filter="Bessell_U"))]), "filter"),
@@ -503,7 +505,8 @@ def test_compressed_programme_names_and_truth(tmp_path):
 def test_peak_memory_does_not_grow_with_the_number_of_ifus(tmp_path, monkeypatch):
     """Cheap proxy of a real run: every rendered CCD is a full-size float image (as the renderer makes), the
     read-out returns a 1x1 image (tiny files). Peak traced memory with 4 IFUs stays that of 1 IFU: nothing
-    of an IFU survives into the next."""
+    of an IFU survives into the next. Drawn in this process (``workers=1``, so that the patches and the tracing
+    see it); each worker process draws with the same code."""
     def full_size(*args, **kwargs):
         return np.ones((4112, 4096), np.float32)
 
@@ -516,7 +519,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_ifus(tmp_path, monkeypatch
         programme = Programme([_night(standard=False)], [TargetPlan("M", blocks=[ObservingBlock(night=0)])],
                               ifus=ifus)
         tracemalloc.start()
-        simulate_programme(tmp_path / f"m{len(ifus)}", programme)
+        simulate_programme(tmp_path / f"m{len(ifus)}", programme, workers=1)
         peaks[len(ifus)] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     one_ccd = 4112 * 4096 * 4
@@ -633,3 +636,105 @@ def test_the_standard_star_falls_inside_the_simulated_field_away_from_its_edges(
     if len(ifus) == 24:
         # a real standard is centred: far from the field's edges (the flux integration window is not cut)
         assert abs(north) < 2.0 and min(north - bottom, top - north) > 25.0
+
+
+@pytest.mark.parametrize("beta", [2.5, 3.0, 4.0])
+def test_the_moffat_psf_is_drawn_with_its_encircled_energy_and_fwhm(beta):
+    """The Gaussian mixture behind the Moffat seeing PSF against the analytic Moffat: encircled energy within
+    1e-3 out to 8 FWHM (what an aperture or a profile fit reads) and the FWHM within 1 %."""
+    from pymusepipe.simulate.scene import psf_components
+
+    fwhm = 0.9
+    weights, sigmas = psf_components(fwhm, beta)
+    assert abs(weights.sum() - 1) < 1e-12 and np.all(weights > 0)
+    a = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    radius = np.linspace(0.0, 8 * fwhm, 400)
+    drawn = np.sum(weights[:, None] * (1 - np.exp(-radius ** 2 / (2 * sigmas[:, None] ** 2))), axis=0)
+    assert np.max(np.abs(drawn - (1 - (1 + (radius / a) ** 2) ** (1 - beta)))) < 1e-3
+    profile = np.sum(weights[:, None] / sigmas[:, None] ** 2 * np.exp(-radius ** 2 / (2 * sigmas[:, None] ** 2)), 0)
+    half = radius[np.argmin(np.abs(profile - profile[0] / 2))]
+    assert abs(2 * half / fwhm - 1) < 0.01, 2 * half
+    # None is the single Gaussian of that FWHM
+    weights, sigmas = psf_components(fwhm)
+    assert weights.tolist() == [1.0] and sigmas[0] == pytest.approx(fwhm / 2.3548)
+
+
+def test_a_moffat_star_on_a_one_ifu_strip_loses_what_its_wings_put_outside_it():
+    """One star rendered on the 48 slices of a simulated IFU (a strip 48 slices high): the electrons on the strip,
+    Moffat over Gaussian, are the ratio of the analytic fractions of each profile that fall within the strip's
+    height (the strip is long enough to hold both profiles along the slices)."""
+    from scipy.integrate import quad
+    from scipy.special import erf
+
+    from pymusepipe.simulate import InstrumentModel
+    from pymusepipe.simulate.scene import ExposureConditions, PointSource, SkyScene
+
+    model = InstrumentModel(ifus=(1,))
+    x, y, _ = model.slice_focal_position(1, 24)
+    east, north = SkyScene.focal_to_offsets(model, x, y)
+    ra0, dec0, seeing, beta = 150.0, 2.0, 0.8, 2.8
+    star = PointSource(ra=ra0 + float(east) / 3600 / np.cos(np.radians(dec0)), dec=dec0 + float(north) / 3600,
+                       vmag=16.0)
+    scene = SkyScene(stars=[star], night_sky=False)
+    totals, rows = {}, []
+    for psf_beta in (None, beta):
+        exposure = ExposureConditions(ra=ra0, dec=dec0, exptime=600.0, airmass=1.1, seeing=seeing,
+                                      psf_beta=psf_beta)
+        total = 0.0
+        for k in range(48):
+            maps = model.slice_maps(1, k)
+            total += float(scene.slice_electrons(model, 1, k, maps, exposure, add_lines=lambda *a: None).sum())
+            if psf_beta is None:
+                rows += [maps.ypos - maps.slice_height / 2, maps.ypos + maps.slice_height / 2]
+        totals[psf_beta] = total
+    star_x, star_y = SkyScene.offsets_to_focal(model, float(east), float(north))
+    low, high = (np.array([min(rows), max(rows)]) - star_y) * model.spaxel_scale      # [arcsec]
+    sigma = seeing / 2.3548
+    gaussian = 0.5 * (erf(high / np.sqrt(2) / sigma) - erf(low / np.sqrt(2) / sigma))
+    a = seeing / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    marginal = lambda v: (1 + v ** 2 / a ** 2) ** (0.5 - beta)    # the 2D Moffat integrated along x
+    moffat = quad(marginal, low, high)[0] / quad(marginal, -np.inf, np.inf)[0]
+    assert moffat < 0.97 * gaussian                      # the wings reach beyond a 2.5" strip
+    assert totals[beta] / totals[None] == pytest.approx(moffat / gaussian, rel=2e-3), (totals, moffat, gaussian)
+
+
+def test_frames_drawn_by_two_processes_are_the_same_bytes_as_by_one(tmp_path):
+    """Every frame has its own random stream and the caches are deterministic: the files do not depend on how
+    many processes drew them (checked on the kinds with caches (flats) and with a scene (the standard))."""
+    import hashlib
+
+    def checksums(root):
+        return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(root.rglob("MUSE.*.fits"))}
+
+    programme = demo_programme(seed=3)
+    one = simulate_programme(tmp_path / "one", programme, only=("FLAT", "ILLUM", "STD"), workers=1)
+    two = simulate_programme(tmp_path / "two", programme, only=("FLAT", "ILLUM", "STD"), workers=2)
+    assert len(checksums(one.root)) >= 5 and checksums(one.root) == checksums(two.root)
+
+
+def test_worker_counts(tmp_path):
+    from pymusepipe.simulate.run import _worker_count
+
+    assert _worker_count(2, 10) == 2 and _worker_count(8, 3) == 3 and 1 <= _worker_count(None, 10) <= 4
+    with pytest.raises(SimulationError, match="workers=0"):
+        simulate_programme(tmp_path / "out", demo_programme(), workers=0)
+
+
+def test_a_process_running_other_threads_draws_through_a_fork_server(monkeypatch):
+    """Forked workers only from a single-threaded process (earlier tests of this session may have left threads,
+    e.g. Dask's offload thread, so both cases are set up here)."""
+    import threading
+
+    from pymusepipe.simulate.run import _process_context
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert _process_context().get_start_method() == "forkserver"
+    finally:
+        release.set()
+        thread.join()
+    monkeypatch.setattr(run_module.threading, "active_count", lambda: 1)
+    assert _process_context().get_start_method() == "fork"

@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "once in <outdir>/Calibrations/Raw (shared)")
     files.add_argument("--header-only", action="store_true", default=None, dest="header_only",
                        help="full headers, 1x1-pixel CHANnn images (fast fake-mode tests, e.g. of 24 IFUs)")
+    files.add_argument("--psf-beta", type=float, default=None, dest="psf_beta", metavar="BETA",
+                       help="draw stars with a Moffat seeing PSF of this index (real seeing: 2.5-4); default: "
+                            "Gaussian")
     parser.add_argument("--print-programme", action="store_true", dest="print_programme",
                         help="print the programme as JSON and write nothing")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
@@ -89,23 +92,25 @@ def build_programme(args: argparse.Namespace):
     files = {"ifus": args.ifus, "seed": args.seed, "compress": args.compress,
              "calibration_raw": args.calibration_raw, "header_only": args.header_only}
     given = {key: value for key, value in files.items() if value is not None}
+    psf = {"psf_beta": args.psf_beta} if getattr(args, "psf_beta", None) is not None else {}
     defaults = {"ifus": (1,), "seed": 1, "compress": False, "calibration_raw": "pointing", "header_only": False}
     if args.programme:
-        return dataclasses.replace(load_programme(args.programme), **given)
+        return dataclasses.replace(load_programme(args.programme), **given, **psf)
     options = {**defaults, **given}
     if args.example:
-        return example_programme(**options)
+        return dataclasses.replace(example_programme(**options), **psf)
     if args.nights > 1 or args.obs_per_night > 1 or args.no_offset_sky or options["calibration_raw"] != "pointing":
-        return survey_programme(nights=args.nights, obs_per_night=args.obs_per_night, exposures=args.exposures,
-                                offset_sky=not args.no_offset_sky, mode=args.mode, target=args.target,
-                                first_date=args.first_date, **options)
+        return dataclasses.replace(
+            survey_programme(nights=args.nights, obs_per_night=args.obs_per_night, exposures=args.exposures,
+                             offset_sky=not args.no_offset_sky, mode=args.mode, target=args.target,
+                             first_date=args.first_date, **options), **psf)
     if args.exposures < 2:
         raise SimulationError(f"--exposures={args.exposures}: muse_exp_align needs at least 2 per pointing")
     if not 1 <= args.pointings <= 9:
         raise SimulationError(f"--pointings={args.pointings}: expected 1 to 9")
     options.pop("calibration_raw")
-    return demo_programme(target=args.target, pointings=args.pointings, exposures=args.exposures,
-                          date=args.first_date, mode=args.mode, **options)
+    return dataclasses.replace(demo_programme(target=args.target, pointings=args.pointings, exposures=args.exposures,
+                                              date=args.first_date, mode=args.mode, **options), **psf)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -199,6 +199,9 @@ class Programme:
         night, as an archive download) or ``shared`` (one ``<root>/Calibrations/Raw``).
     header_only : bool
         Write complete headers but 1x1-pixel ``CHANnn`` images (for fake-mode tests of 24-IFU programmes).
+    psf_beta : float, optional
+        Moffat index of the stars' seeing PSF (the atmosphere gives about 2.5-4: extended wings that
+        muse_standard's default Moffat extraction expects); None draws Gaussian stars. The truth records it.
     """
 
     nights: tuple
@@ -208,6 +211,7 @@ class Programme:
     compress: bool = False
     calibration_raw: str = "pointing"
     header_only: bool = False
+    psf_beta: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "nights", tuple(self.nights))
@@ -232,6 +236,10 @@ class Programme:
                                   f"{', '.join(CALIBRATION_RAW_CHOICES)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SimulationError(f"seed={self.seed!r}: expected a non-negative integer")
+        if self.psf_beta is not None and (isinstance(self.psf_beta, bool) or
+                                          not isinstance(self.psf_beta, (int, float)) or not 1.5 <= self.psf_beta <= 10):
+            raise SimulationError(f"psf_beta={self.psf_beta!r}: expected a Moffat index within 1.5-10, or None for "
+                                  "a Gaussian PSF")
         if not self.nights:
             raise SimulationError("nights: expected at least one NightPlan")
         if not self.targets:

@@ -14,7 +14,9 @@ Layout written under ``outdir``::
 
 Raw files are written one IFU at a time: every file is started with its primary header, then for each IFU
 the ``CHANnn`` extension of every file is rendered and appended, and the IFU's caches (slice maps, flat
-fields, pixel response) are released. Peak memory is therefore that of one IFU whatever the number of IFUs.
+fields, pixel response) are released. Peak memory is therefore that of one IFU whatever the number of IFUs
+(times the number of worker processes: the frames of one IFU are drawn side by side, each into its own file,
+every frame from its own random stream, so the bytes do not depend on the number of workers).
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ import gc
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +161,8 @@ def _needed_bytes(programme, n_frames):
 
 
 # -- the programme ---------------------------------------------------------------------------------------------
-def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False, only=None) -> SimulatedProgramme:
+def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False, only=None,
+                       workers=None) -> SimulatedProgramme:
     """Write a simulated MUSE observing programme: raw frames, calibration kit, configuration, reference
     images and the truth of every target.
 
@@ -173,6 +179,9 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False,
         Write only the raw frames of these kinds (e.g. ``("FLAT", "OBJECT")``, for quick tests); the others
         are planned, drawn and listed in the truth (``"written": false``) exactly as in a full run, so the
         frames written are the same bytes.
+    workers : int, optional
+        Processes drawing the frames of an IFU side by side (each holds one IFU's images, about 1 GB); default:
+        the CPUs this process may use, at most 4. The files are the same bytes whatever the number.
 
     Returns
     -------
@@ -186,6 +195,8 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False,
     if not isinstance(programme, Programme):
         raise SimulationError(f"programme: expected a Programme, got {type(programme).__name__}")
     programme = programme.check()
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SimulationError(f"workers={workers!r}: expected a positive number of processes")
     kinds = ("BIAS", "FLAT", "ARC", "SKYFLAT", "ILLUM", "STD", "SKY", "OBJECT")
     if only is not None:
         only = tuple(str(kind).upper() for kind in only)
@@ -230,22 +241,26 @@ def simulate_programme(outdir, programme: Programme, *, overwrite: bool = False,
         headers.append(header)
         paths.append(path)
     scenes = _scenes(schedule)
-    for ifu in programme.ifus:
-        factory = _FrameFactory(model, scenes, programme.seed)
-        for frame, header, path, write in zip(schedule.frames, headers, paths, written):
-            if not write:
-                continue
-            if programme.header_only:
-                data = np.full((1, 1), int(model.detector.bias_level[0]), dtype=np.uint16)
+    jobs = [(frame, header, path) for frame, header, path, write in zip(schedule.frames, headers, paths, written)
+            if write]
+    draw = _FrameDrawer(programme, scenes, model)
+    processes = 1 if programme.header_only else _worker_count(workers, len(jobs))
+    pool = (ProcessPoolExecutor(processes, mp_context=_process_context(), initializer=_start_worker,
+                                initargs=(programme, scenes)) if processes > 1 else None)
+    try:
+        for ifu in programme.ifus:
+            if pool is None:
+                for job in jobs:
+                    draw(ifu, *job)
+                draw.release(ifu)
             else:
-                data = factory.raw(frame, ifu)
-            append_ccd(path, ifu, data, model.detector, header, compress=programme.compress)
-            del data
-        factory.release()
-        model.release(ifu)
-        if not programme.header_only:
-            gc.collect()       # return the IFU's ~1 GB of images before the next IFU allocates its own
-        logger.info("IFU %d written into %d raw files", ifu, len(paths))
+                # every job of this IFU finishes before the next IFU's extensions are appended after them
+                for future in [pool.submit(_draw_in_worker, ifu, *job) for job in jobs]:
+                    future.result()
+            logger.info("IFU %d written into %d raw files", ifu, len(paths))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     raw_files = []
     for frame, path, write in zip(schedule.frames, paths, written):
         if not write:
@@ -357,14 +372,80 @@ def _scenes(schedule):
     return scenes
 
 
-def _conditions(frame) -> ExposureConditions:
+def _conditions(frame, psf_beta=None) -> ExposureConditions:
     exposure, item = frame.exposure, frame.item
     return ExposureConditions(ra=item.get("true_ra", exposure.ra), dec=item.get("true_dec", exposure.dec),
                               exptime=exposure.exptime,
                               airmass=horizontal(exposure.ra, exposure.dec,
                                                  exposure.mjd + exposure.exptime / 172800.0)[1],
                               seeing=item.get("psf_fwhm", item.get("seeing", 0.8)),
-                              transparency=item.get("transparency", 1.0), raman=bool(item.get("raman")))
+                              transparency=item.get("transparency", 1.0), raman=bool(item.get("raman")),
+                              psf_beta=psf_beta)
+
+
+class _FrameDrawer:
+    """Draws one raw frame's ``CHANnn`` extension of one IFU and appends it to the frame's file; keeps the caches
+    of the IFU it last drew (slice maps, flat fields, pixel response) until another IFU comes."""
+
+    def __init__(self, programme, scenes, model):
+        self.programme = programme
+        self.scenes = scenes
+        self.model = model
+        self.factory = None
+        self.ifu = None
+
+    def __call__(self, ifu, frame, header, path):
+        programme = self.programme
+        if ifu != self.ifu:
+            self.release(self.ifu)
+            self.factory = _FrameFactory(self.model, self.scenes, programme.seed, psf_beta=programme.psf_beta)
+            self.ifu = ifu
+        if programme.header_only:
+            data = np.full((1, 1), int(self.model.detector.bias_level[0]), dtype=np.uint16)
+        else:
+            data = self.factory.raw(frame, ifu)
+        append_ccd(path, ifu, data, self.model.detector, header, compress=programme.compress)
+
+    def release(self, ifu):
+        """Drop the caches of ``ifu``, returning its ~1 GB of images before the next IFU allocates its own."""
+        if self.factory is not None:
+            self.factory.release()
+            self.factory = None
+        if ifu is not None:
+            self.model.release(ifu)
+        self.ifu = None
+        if not self.programme.header_only:
+            gc.collect()
+
+
+def _worker_count(workers, n_jobs):
+    """Processes to draw with: ``workers``, or the CPUs this process may use (at most 4); no more than frames."""
+    if workers is None:
+        try:
+            workers = min(4, len(os.sched_getaffinity(0)))
+        except AttributeError:                      # not Linux
+            workers = min(4, os.cpu_count() or 1)
+    return max(1, min(workers, n_jobs))
+
+
+def _process_context():
+    """``fork`` from a single-threaded process (also from a script without a ``__main__`` guard); ``forkserver``
+    when other threads run (Dask's, a GUI's), whose locks a fork would copy in whatever state they are: the
+    workers then start from a clean process, which imports the main module as :mod:`multiprocessing` does."""
+    return multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+
+
+#: The drawer of a worker process (set when the pool starts it).
+_WORKER_DRAWER = None
+
+
+def _start_worker(programme, scenes):
+    global _WORKER_DRAWER
+    _WORKER_DRAWER = _FrameDrawer(programme, scenes, InstrumentModel(ifus=programme.ifus))
+
+
+def _draw_in_worker(ifu, frame, header, path):
+    _WORKER_DRAWER(ifu, frame, header, path)
 
 
 class _FrameFactory:
@@ -373,10 +454,11 @@ class _FrameFactory:
     One factory serves one IFU at a time; :meth:`release` drops its caches (~0.2 GB).
     """
 
-    def __init__(self, model, scenes, seed):
+    def __init__(self, model, scenes, seed, psf_beta=None):
         self.model = model
         self.scenes = scenes
         self.seed = int(seed)
+        self.psf_beta = psf_beta
         self._cache = {}
         self._response = {}
 
@@ -416,7 +498,7 @@ class _FrameFactory:
             scene = self.scenes[("STD", item["standard"])]
         else:
             scene = self.scenes[("SKY", None)]
-        return render.scene(model, ifu, scene, _conditions(frame), response=response, notch=notch)
+        return render.scene(model, ifu, scene, _conditions(frame, self.psf_beta), response=response, notch=notch)
 
     def raw(self, frame, ifu):
         rng = np.random.default_rng([self.seed, frame.key, ifu])
@@ -464,6 +546,7 @@ def _exposure_truth(root, frame, path, programme, schedule, design, model):
     if exposure.kind in ("OBJECT", "SKY", "STD"):
         _, airmass, _, _ = horizontal(exposure.ra, exposure.dec, exposure.mjd + exposure.exptime / 172800.0)
         entry.update({"seeing_fwhm_arcsec": item.get("seeing"), "psf_fwhm_arcsec": item.get("psf_fwhm"),
+                      "psf_profile": "gaussian" if programme.psf_beta is None else f"moffat beta={programme.psf_beta}",
                       "transparency": item.get("transparency"), "airmass_mid": airmass,
                       "sky_line_flux_cube": _lines_in_cube_units(spectra.SKY_LINES, airmass)})
         if item.get("raman"):
@@ -479,7 +562,8 @@ def _exposure_truth(root, frame, path, programme, schedule, design, model):
             "ob_pointing_error_arcsec": {"east": item["ob_error_east"], "north": item["ob_error_north"]},
             "pointing_error_deg": {"ra": exposure.ra - item["true_ra"], "dec": exposure.dec - item["true_dec"]},
             "expected_flux_scale": item["transparency"], "alignment_anchor": item["alignment_anchor"]})
-        ratio = source_to_sky_ratio(model, SkyScene(stars=design.stars, disc=design.disc), _conditions(frame))
+        ratio = source_to_sky_ratio(model, SkyScene(stars=design.stars, disc=design.disc),
+                                    _conditions(frame, programme.psf_beta))
         entry["sky_fraction"] = {"sky_dominated": float(np.mean(ratio < SKY_DOMINATED)),
                                  "clean": float(np.mean(ratio < CLEAN_SKY))}
     if exposure.kind == "STD":
