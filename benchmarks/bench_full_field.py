@@ -11,6 +11,7 @@ The products of a mode are deleted before the next (a full pointing writes tens 
 Usage: python benchmarks/bench_full_field.py [--workdir DIR] [--modes merged,fanout] [--ifus 1-24] [--keep]
 """
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -150,6 +151,9 @@ def main(argv=None):
                         help="run in four phases and delete intermediates as soon as nothing reads them: the "
                              "standard star's pixel tables after muse_standard, the pre-alignment cubes after "
                              "the alignment (a full pointing otherwise needs about 55 GB)")
+    parser.add_argument("--psf-beta", type=float, default=2.8,
+                        help="Moffat index of the simulated seeing (0: Gaussian, as the runs before this option); "
+                             "a WORKDIR simulated before keeps its own")
     parser.add_argument("--resume", action="store_true",
                         help="continue the reductions already in WORKDIR (up-to-date jobs are not run again)")
     args = parser.parse_args(argv)
@@ -162,9 +166,12 @@ def main(argv=None):
     ifus = _ifus(args.ifus)
     start = time.monotonic()
     if not (source / "Config" / "rc.dic").is_file():
-        simulate_programme(source, survey_programme(nights=1, obs_per_night=1, exposures=2, offset_sky=False,
-                                                    ifus=ifus, compress=True), overwrite=True)
-    print(f"simulation of {len(ifus)} IFU(s): {time.monotonic() - start:.0f} s, "
+        programme = survey_programme(nights=1, obs_per_night=1, exposures=2, offset_sky=False, ifus=ifus,
+                                     compress=True)
+        simulate_programme(source, dataclasses.replace(programme, psf_beta=args.psf_beta or None), overwrite=True)
+    psf = json.loads((source / "programme.json").read_text()).get("psf_beta")
+    print(f"simulation of {len(ifus)} IFU(s), {f'Moffat beta={psf}' if psf else 'Gaussian'} seeing: "
+          f"{time.monotonic() - start:.0f} s, "
           f"{sum(f.stat().st_size for f in source.rglob('*.fits*')) / 1e9:.1f} GB in {source}", flush=True)
     for mode in args.modes.split(","):
         root = workdir / mode

@@ -56,8 +56,9 @@ MEMORY_MODELS = MappingProxyType({
     # IFU, 10.57 GB on 24 (bench_full_field.py), i.e. 0.96 GB + 0.40 GB per IFU.
     "muse_twilight": MemoryModel(base=0.96, per_ifu_exposure=0.40),
     "muse_scibasic": MemoryModel(base=0.25, per_ifu=1.12),
-    # muse_standard: 0.70 GB on one IFU, 15.48 GB on 24 (bench_full_field.py, 1 or 2 threads alike).
-    "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.635),
+    # muse_standard: 0.70 GB on one IFU; on 24, 15.48 GB (bench_full_field.py, Gaussian seeing) and 16.24 GB
+    # (bench_standard_psf.py, the same exposure with Moffat seeing).
+    "muse_standard": MemoryModel(base=0.25, per_ifu_exposure=0.667),
     # muse_create_sky on an object exposure's 24 tables: 15.48 GB (1 thread), 15.49 GB (2): as muse_standard.
     "muse_create_sky": MemoryModel(base=0.25, per_ifu_exposure=0.635),
     "muse_scipost": MemoryModel(base=0.25, per_ifu_exposure=0.81),

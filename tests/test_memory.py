@@ -10,6 +10,7 @@ MEASURED = [
     ("muse_lsf", 24, 1, True, 1.24), ("muse_twilight", 24, 1, False, 10.57), ("muse_twilight", 1, 2, False, 1.36),
     ("muse_bias", 1, 2, False, 0.87), ("muse_scibasic", 1, 2, False, 1.37),
     ("muse_scibasic", 24, 1, True, 1.34), ("muse_standard", 24, 2, False, 15.48), ("muse_standard", 1, 1, False, 0.70),
+    ("muse_standard", 24, 2, False, 16.24),  # the same standard exposure with Moffat seeing (bench_standard_psf.py)
     ("muse_create_sky", 24, 1, False, 15.48), ("muse_create_sky", 24, 2, False, 15.49),
     ("muse_create_sky", 1, 1, False, 0.69),
     ("muse_scipost", 24, 2, False, 15.49),   # --skymethod=subtract-model; with model it was killed at 23.1 GB
