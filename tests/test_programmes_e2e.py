@@ -3,18 +3,15 @@
 One two-night programme (``pymusepipe.simulate.example_programme``, 1 IFU) holds the shapes real data come in:
 
 * ``DEMO``: one OB with an offset-sky exposure;
+* ``NOSKY``: one OB without offset sky (the sky is measured on the object exposures);
 * ``TWONIGHTS``: one pointing observed on both nights (its own calibrations, pointing errors, seeing and
   transparency each night; no offset sky the second night);
-* ``MOSAIC``: three overlapping pointings over the two nights, aligned to a reference image; its second pointing
-  is one OB without offset sky (the sky measured on the object exposures).
+* ``MOSAIC``: three overlapping pointings over the two nights, aligned to a reference image.
 
-The programme's fourth target, ``NOSKY`` (one OB without offset sky), is the shape of MOSAIC's second pointing;
-it is simulated but not reduced a second time here (the CI's hour holds one reduction per shape).
-
-DEMO, TWONIGHTS and MOSAIC are reduced **once**, as one sample graph on a Dask LocalCluster (``MuseSample``):
-each night's calibrations are made once and used by every target. The tests then read products and tables. Two
-smaller reductions build on it: an archive download holding master calibrations instead of raw ones (the same
-science frames), and a new session resuming the reduction.
+It is reduced **once**, as one sample graph on a Dask LocalCluster (``MuseSample``): each night's calibrations
+are made once and used by every target. The tests then read products and tables. Two smaller reductions build
+on it: an archive download holding master calibrations instead of raw ones (the same science frames), and a
+new session resuming the reduction.
 """
 import json
 import os
@@ -34,8 +31,6 @@ from pymusepipe.truthcheck import measure_point_sources, sky_line_residuals, sum
 pytestmark = pytest.mark.esorex
 
 FILTERS = f"white,{DEMO_FILTER}"
-#: The targets of the example programme the sample reduces (NOSKY's shape is MOSAIC's second pointing).
-REDUCED_TARGETS = ["DEMO", "TWONIGHTS", "MOSAIC"]
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +58,7 @@ def sample(programme):
         client.wait_for_workers(2)
         # No filter_for_alignment: MOSAIC is aligned in its reference's band (SDSS r), the others in Cousins R
         # (forcing Cousins R against the SDSS r reference put a 2-3.5 % colour term into the flux scales)
-        reduction = MuseSample(REDUCED_TARGETS, programme.rc_file, programme.cal_file,
+        reduction = MuseSample(["DEMO", "NOSKY", "TWONIGHTS", "MOSAIC"], programme.rc_file, programme.cal_file,
                                references={"MOSAIC": programme.root / mosaic["file"]}, executor="dask",
                                client=client, filter_list=FILTERS, pointing_cubes=True, logfile="sample.log",
                                reset_log=True)
@@ -146,7 +141,7 @@ def test_each_night_is_calibrated_once_and_its_science_uses_its_own_masters(samp
         jobs = Table.read(root / "Calibrations" / night / "Astro_Tables" / "muse_bias_jobs.fits")
         assert len(jobs) == 1 and jobs["status"][0] == "done", night   # once, whatever target holds the frames
     # Every science exposure's pixel table was made with the masters of its own night.
-    for target in REDUCED_TARGETS:
+    for target in ("DEMO", "NOSKY", "TWONIGHTS", "MOSAIC"):
         truth = _truth(programme, target)
         nights_of = {entry["date_obs"]: entry["night_date"] for entry in _exposures(truth)}
         for pipe in sample.targets[target].pipes.values():
@@ -199,25 +194,19 @@ def test_velocity_field_of_the_disc_and_the_barycentric_correction(sample, progr
     assert velocity["median_abs_error"] <= 3.0, field
 
 
-# ------------------------------------------------------------------------------------------ no offset sky
+# ------------------------------------------------------------------------------------------ NOSKY
 def test_sky_measured_on_the_object_leaves_small_residuals_at_the_bright_lines(sample, programme):
-    """MOSAIC's second pointing is one OB without offset sky: its sky is measured on its own exposures."""
-    mosaic = _truth(programme, "MOSAIC")
-    pipe = sample.targets["MOSAIC"].pipes[2]
-    # the truth of this pointing's exposures (the injected sky and the seeing are theirs)
-    truth = {**mosaic, "exposures": [entry for entry in mosaic["exposures"] if "/P02/" in entry["file"]]}
-    assert len(_exposures(truth)) == 2 and not _exposures(truth, "SKY")
+    truth = _truth(programme, "NOSKY")
+    pipe = sample.targets["NOSKY"].pipes[1]
     assert "measured on 2 object exposure(s)" in pipe.steps["sky"].summary
     jobs = Table.read(pipe.layout.folder("astro_tables") / "muse_create_sky_jobs.fits")
-    assert len(jobs) == 2 and all("measured on the object exposure itself" in note for note in jobs["note"])
-    label = f"MOSAIC_{pipe.layout.pointing_name}"
-    cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_{label}.fits"
+    assert all("measured on the object exposure itself" in note for note in jobs["note"])
+    cube = pipe.layout.folder("object") / f"DATACUBE_FINAL_NOSKY_{pipe.layout.pointing_name}.fits"
     residuals = sky_line_residuals(cube, truth)
     bright = residuals[residuals["injected"] >= 0.2 * residuals["injected"].max()]
     assert len(bright) >= 5
     assert np.all(np.abs(bright["residual"]) < 0.05 * bright["injected"]), bright
-    # The pointing's cube carries the target OFFSET_LIST's flux scales: the reference's scale, no transparency.
-    _check_stars(_stars(_pointing_image(pipe, label), truth, exposure_images=_exposure_images(pipe)),
+    _check_stars(_stars(_pointing_image(pipe), truth, _transparency(truth), _exposure_images(pipe)),
                  tolerance_flux=0.03)
 
 
@@ -268,8 +257,7 @@ def test_mosaic_pointings_agree_in_their_overlaps(sample, programme):
     * voxel by voxel away from the stars, 95% within 3 sigma of their noise (``STAT``), once each wavelength
       plane's median difference is taken out: the pointings' skies were measured differently (an offset sky
       field at another time, or the object exposures themselves), which leaves each its own additive sky
-      residual (bounded for the on-object sky by the test of the second pointing). A flux-scale error would show
-      on the disc.
+      residual (bounded for the on-object sky by the NOSKY test). A flux-scale error would show on the disc.
     """
     truth = _truth(programme, "MOSAIC")
     target = sample.targets["MOSAIC"]
@@ -405,7 +393,7 @@ def test_fakemode_writes_the_same_esorex_commands_as_the_real_run(sample, progra
     import re
 
     real_log = Path(sample.engine.log.path).read_text()
-    fake = MusePipe("TWONIGHTS", 1, programme.rc_file, programme.cal_file, filter_list=FILTERS,
+    fake = MusePipe("NOSKY", 1, programme.rc_file, programme.cal_file, filter_list=FILTERS,
                     filter_for_alignment=DEMO_FILTER, fakemode=True, logfile="fake.log", reset_log=True)
     before = sorted(str(path) for path in fake.layout.pointing_dir.rglob("*") if path.is_file())
     fake.run_all_recipes()
