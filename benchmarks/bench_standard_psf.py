@@ -7,7 +7,13 @@ standard-star exposure (same programme, seed and noise) with the seeing profile 
 and the pixel tables replaced, and prints the response's change against the earlier run's, what it predicts for
 the calibrated fluxes, and the measured throughput against the simulator's (``spectra.throughput``).
 
+``--science N`` then reduces the earlier run's OBJECT exposure N again with the new response: muse_scibasic and
+the final muse_scipost (``--skymethod=subtract-model``, the sky muse_create_sky measured, the earlier run's
+OFFSET_LIST) from the recorded SOF files, and measures its stars in Cousins R against the truth times the
+exposure's transparency.
+
 Usage: python benchmarks/bench_standard_psf.py --run /work/bench_ff/work/merged --psf-beta 2.8 --out DIR
+       [--science 1]
 """
 import argparse
 import json
@@ -52,6 +58,8 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="the merged-mode folder of a bench_full_field.py run")
     parser.add_argument("--psf-beta", type=float, default=2.8, help="Moffat index (0: Gaussian)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--science", type=int, metavar="N",
+                        help="also reduce OBJECT exposure N again with the new response and measure its stars")
     args = parser.parse_args(argv)
     run, out = Path(args.run), Path(args.out).absolute()
     night = next((run / "Calibrations").glob("20*"))
@@ -99,6 +107,48 @@ def main(argv=None):
         print(f"{name}: throughput / true throughput " + ", ".join(f"{r:.3f}" for r in ratios)
               + f" ({', '.join(f'{low}-{high}' for low, high in BANDS)} A); star within 4\" of DATACUBE_STD / "
               f"STD_FLUXES {np.average(ratio[good], weights=_cousins_r(wave[good])):.4f}")
+
+    if args.science:
+        _science(run, out, args.science, new)
+
+
+def _replace(lines, tag, paths):
+    """SOF ``lines`` with the entries of ``tag`` replaced by ``paths``."""
+    return [line for line in lines if not line.rstrip().endswith(f" {tag}")] + [f"{path} {tag}\n" for path in paths]
+
+
+def _science(run: Path, out: Path, number: int, new: dict):
+    from pymusepipe.truthcheck import measure_point_sources
+
+    pointing = run / "SIMGAL" / "P01"
+    (scipost_sof,) = [path for path in (pointing / "Sof").glob(f"muse_scipost_*_{number:04d}.sof")]
+    scibasic_sof = pointing / "Sof" / scipost_sof.name.replace("muse_scipost_", "muse_scibasic_")
+    work = out / f"science_{number:04d}"
+    image = work / "muse_scipost" / "IMAGE_FOV_0001.fits"
+    if not image.is_file():
+        if not list((work / "muse_scibasic").glob("PIXTABLE_OBJECT_0001-*.fits")):
+            _esorex(work / "muse_scibasic", "muse_scibasic", scibasic_sof.read_text().splitlines(keepends=True),
+                    "--nifu=-1", "--merge=true", "--saveimage=false")
+        pixtables = sorted((work / "muse_scibasic").glob("PIXTABLE_OBJECT_0001-*.fits"))
+        lines = _replace(scipost_sof.read_text().splitlines(keepends=True), "PIXTABLE_OBJECT", pixtables)
+        lines = _replace(_replace(lines, "STD_RESPONSE", [new["STD_RESPONSE"]]), "STD_TELLURIC",
+                         [new["STD_RESPONSE"].with_name("STD_TELLURIC_0001.fits")])
+        _esorex(work / "muse_scipost", "muse_scipost", lines, "--save=cube", "--filter=Cousins_R",
+                "--skymethod=subtract-model")
+        for path in pixtables:
+            path.unlink()
+    truth = json.loads((run / "SIMGAL" / "truth.json").read_text())
+    date_obs = fits.getheader(image, 0)["DATE-OBS"][:19]
+    (entry,) = [e for e in truth["exposures"] if e["kind"] == "OBJECT" and e["date_obs"][:19] == date_obs]
+    stars = measure_point_sources(image, truth, "Cousins_R", seeing_arcsec=entry["psf_fwhm_arcsec"],
+                                  transparency=entry["transparency"])
+    ratios, offsets = np.asarray(stars["flux_ratio"]), np.asarray(stars["offset"])
+    inside = np.asarray(stars["edge_distance"]) >= 1.0
+    low, high = np.percentile(ratios[inside], [5, 95])
+    print(f"exposure {number} with the new response: {len(stars)} stars, position error median "
+          f"{np.median(offsets):.3f}\" max {offsets.max():.3f}\"; flux / (truth x transparency) median "
+          f"{np.median(ratios):.3f}, {np.median(ratios[inside]):.3f} over the {inside.sum()} stars at least 1\" "
+          f"from the edges (5-95 %: {low:.3f}-{high:.3f})")
 
 
 if __name__ == "__main__":
