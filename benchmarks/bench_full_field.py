@@ -9,6 +9,7 @@ measured against the truth (star positions and fluxes, the latter against the tr
 The products of a mode are deleted before the next (a full pointing writes tens of GB).
 
 Usage: python benchmarks/bench_full_field.py [--workdir DIR] [--modes merged,fanout] [--ifus 1-24] [--keep]
+       [--last STEP] [--resume] [--clean-early] [--memory-gb GB] [--psf-beta BETA]
 """
 import argparse
 import dataclasses
@@ -75,7 +76,7 @@ def _report(root: Path, mode: str, wall: float):
         exposures = max(1, len({p.split("_")[-1] for p in json.loads(str(peak["inputs"]))})) \
             if recipe in ("muse_exp_combine",) else 1
         model = memory_need(recipe, ifus=ifus, exposures=exposures, threads=int(peak["threads"]) or 1,
-                            merged=merged)
+                            merged=merged, parameters=params)
         print(f"{recipe:<18}{len(rows):>5}{wall_sum:>9.0f}{cpu:>9.0f}{float(peak['max_rss_mb']) / 1024:>13.2f}"
               f"{model:>10.2f}")
     print(f"esorex CPU {total_cpu:.0f} s over {wall:.0f} s wall on {len(available_cpus())} cores "
@@ -154,6 +155,10 @@ def main(argv=None):
     parser.add_argument("--psf-beta", type=float, default=2.8,
                         help="Moffat index of the simulated seeing (0: Gaussian, as the runs before this option); "
                              "a WORKDIR simulated before keeps its own")
+    parser.add_argument("--last", metavar="STEP",
+                        help="stop after this step: 'scibasic_all' runs the per-IFU recipes only, the part of the "
+                             "chain in which merged and fan-out differ (what follows reads the same 24 pixel tables "
+                             "per exposure in both modes)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the reductions already in WORKDIR (up-to-date jobs are not run again)")
     args = parser.parse_args(argv)
@@ -185,7 +190,9 @@ def main(argv=None):
         start = time.monotonic()
         failure = None
         try:
-            if args.clean_early:
+            if args.last:
+                pipe.run_all_recipes(last=args.last, report=False)
+            elif args.clean_early:
                 _run_in_phases(pipe, args.combine_memory_gb)
             else:
                 pipe.run_all_recipes()
@@ -196,14 +203,15 @@ def main(argv=None):
         print(pipe.status())
         if failure is not None:
             print(f"{mode}: the chain failed: {failure}")
-        else:
+        elif not args.last:
             truth = json.loads((root / "SIMGAL" / "truth.json").read_text())
             result = compare_with_truth(pipe, truth)
             stars = result["stars"]
             if len(stars):
                 print(_star_line("final cube vs truth", stars, result["transparency"]), flush=True)
         # Every exposure's own cube too: it is all there is when the combination does not fit in memory.
-        _check_exposures(pipe, json.loads((root / "SIMGAL" / "truth.json").read_text()))
+        if not args.last:
+            _check_exposures(pipe, json.loads((root / "SIMGAL" / "truth.json").read_text()))
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if not args.keep:

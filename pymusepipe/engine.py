@@ -30,7 +30,7 @@ from .esorex import available_cpus, build_command, check_parameters, pipeline_ve
 from .executors import Executor, FakeExecutor, LocalExecutor
 from .atomic import atomic_move
 from .layout import AreaLayout
-from .memory import memory_need
+from .memory import memory_advice, memory_need
 from .products import (CatalogueSet, JobRecord, JobTable, PlannedProduct, ProductCatalogue, ProductRecord,
                        file_checksum, final_product_name, fingerprint, product_integrity)
 from .recipes import NAMING_DATEOBS, NAMING_SEQUENCE, RecipeSpec, RecipeTable, default_recipe_table
@@ -320,7 +320,8 @@ class RecipeEngine:
             return int(capacity.cpus)
         return len(getattr(self.executor, "cpus", None) or available_cpus())
 
-    def _memory_budget(self) -> float:
+    def memory_budget(self) -> float:
+        """Memory (GB) the jobs of a run may use together (the executor's, or its largest worker's)."""
         capacity = self.executor.capacity()
         if capacity is not None:
             return float(capacity.memory_gb)
@@ -500,7 +501,7 @@ class RecipeEngine:
             if mode == IFU_AUTO:
                 # ESO's in-process mode needs every IFU, and its memory (one IFU per thread) must fit.
                 fits_budget = memory_need(spec.name, ifus=len(group_ifus), threads=min(n_cpus, len(group_ifus)),
-                                          merged=True) <= self._memory_budget()
+                                          merged=True) <= self.memory_budget()
                 mode = IFU_MERGED if len(group_ifus) == instrument.N_IFUS and fits_budget else IFU_FANOUT
             if mode == IFU_MERGED and len(group_ifus) != instrument.N_IFUS:
                 raise ValueError(f"{spec.name} {label}: ifu_mode='merged' (--nifu=-1) fails unless all "
@@ -535,7 +536,7 @@ class RecipeEngine:
                     depends.add(producer)
             n_exposures = max(len(_exposures(frames)), 1)
             memory = functools.partial(memory_need, spec.name, ifus=len(job_ifus) or 1, exposures=n_exposures,
-                                       merged=merged)
+                                       merged=merged, parameters=job_parameters)
             jobs.append(Job(name=name, recipe=spec.name, label=label, step=step, area=area, frames=list(frames),
                             ifus=tuple(job_ifus), parameters=job_parameters, associations=associations,
                             missing=missing, products=products,
@@ -921,6 +922,9 @@ class _EngineTask(Task):
 
     def memory_need(self, threads):
         return self.job.memory_for(threads=threads) if self.job.memory_for is not None else self.job.memory_gb
+
+    def memory_advice(self):
+        return memory_advice(self.job.recipe, self.job.parameters)
 
     def up_to_date(self):
         return self.engine.up_to_date(self.job, self.overwrite)

@@ -54,12 +54,19 @@ class Executor:
 
 
 class FakeExecutor(Executor):
-    """fakemode: runs nothing; every command is ``planned``."""
+    """fakemode: runs nothing; every command is ``planned``.
+
+    ``memory_gb`` is the budget the plan assumes (unlimited by default): given, fakemode plans what a real run
+    with that budget would (IFU modes, muse_scipost's sky method).
+    """
 
     executes = False
 
+    def __init__(self, memory_gb: float | None = None):
+        self.memory_gb = float(memory_gb) if memory_gb else float("inf")
+
     def capacity(self) -> Capacity | None:
-        return Capacity(cpus=len(available_cpus()), memory_gb=float("inf"))
+        return Capacity(cpus=len(available_cpus()), memory_gb=self.memory_gb)
 
     def start(self, command: Command, done):
         logger.info("[fakemode] %s: %s", command.name, " ".join(command.argv))

@@ -425,7 +425,7 @@ class MusePipe:
                            note=f"aligned to the reference image {reference}")
         return table
 
-    def run_scipost(self, expotype="OBJECT", offset_list=True, skymethod="model", filter_list=None, save=None):
+    def run_scipost(self, expotype="OBJECT", offset_list=True, skymethod="auto", filter_list=None, save=None):
         """Reduced pixel table, cube and images of each exposure of ``expotype`` (muse_scipost).
 
         Parameters
@@ -436,8 +436,11 @@ class MusePipe:
             True: the OFFSET_LIST in force (alignment steps, or set by the user), if any; a path: that file;
             False: none (products then kept apart from the aligned ones).
         skymethod : str
-            muse_scipost's ``--skymethod``; with ``model`` each exposure gets the sky of ``run_sky``: its own
-            (measured on it) or the SKY exposure of its night nearest in time.
+            muse_scipost's ``--skymethod`` (``model``, ``subtract-model``, ``none``), or ``auto``: ``model``,
+            unless refitting the sky would not fit in the memory budget while the exposure has its own sky
+            (measured on it by ``run_sky``); that sky is then subtracted as it is (``subtract-model``), and the
+            job's note says so. Each exposure gets the sky of ``run_sky``: its own or the SKY exposure of its
+            night nearest in time.
         """
         step = "scipost" if expotype == "OBJECT" else f"scipost_{expotype.lower()}"
         options = {"expotype": expotype, "offset_list": offset_list, "skymethod": skymethod,
@@ -456,7 +459,7 @@ class MusePipe:
     def chain_options(illum=True, fraction=0.8) -> dict:
         """Per-step options of ``run_all_recipes``."""
         return {"twilight": {"illum": illum}, "scibasic_all": {"illum": illum}, "sky": {"fraction": fraction},
-                "scipost": {"expotype": "OBJECT", "offset_list": True, "skymethod": "model"},
+                "scipost": {"expotype": "OBJECT", "offset_list": True, "skymethod": "auto"},
                 "scipost_sky": {"offset_list": False, "skymethod": "none"}}
 
     def run_all_recipes(self, illum=True, fraction=0.8, first=None, last=None, parameters=None, graph=True,
@@ -596,7 +599,7 @@ def make_executor(executor="local", *, fakemode=False, pinning=None, cpus=None, 
                   scheduler=None) -> Executor:
     """``'local'``, ``'dask'`` (with ``client`` or ``scheduler``) or an Executor instance; fake in fakemode."""
     if fakemode:
-        return FakeExecutor()
+        return FakeExecutor(memory_gb=memory_gb)
     if isinstance(executor, Executor):
         return executor
     if executor == "local":

@@ -156,6 +156,10 @@ class Task:
         """Peak memory (GB) when given ``threads`` threads."""
         return self.memory_gb
 
+    def memory_advice(self) -> str:
+        """What else than more memory would let it run, for the message of a task that cannot fit."""
+        return ""
+
     def prepare(self, threads: int):
         """Everything needed just before it starts (SOF, replay log); returns a :class:`Command` or, for a
         local task, a callable returning a message."""
@@ -330,8 +334,8 @@ class Scheduler:
                                         task.name, STATUS_FAILED,
                                         message=f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory), "
                                                 f"more than the budget of {capacity.memory_gb:.1f} GB: give more "
-                                                "memory (memory_gb=...) or reduce fewer IFUs per job "
-                                                "(ifu_mode='fanout')")
+                                                "memory (memory_gb=...)"
+                                                + (f" or {task.memory_advice()}" if task.memory_advice() else ""))
                                     logger.error("%s: %s", task.name, results[task.name].message)
                                     task.record(results[task.name])
                                     bar.update(1)

@@ -26,6 +26,7 @@ from .association import InputFrame
 from .engine import Job
 from .errors import StepInputError
 from .layout import NightLayout, PointingLayout
+from .memory import memory_need
 from .products import PlannedProduct
 
 __all__ = ["StepSpec", "StepPlan", "StepTable", "STEPS", "StepContext", "StepInputError", "NARROW_FIELD_IFUS",
@@ -212,9 +213,12 @@ class StepContext:
         """The step's own parameters, then the user's overrides by recipe, then by step (the user wins)."""
         return {**(defaults or {}), **self.parameters.get(recipe, {}), **self.parameters.get(step, {})}
 
-    def plan(self, step: str, recipe: str, groups, *, area, parameters=None, **options) -> list:
+    def plan(self, step: str, recipe: str, groups, *, area, parameters=None, decided=None, **options) -> list:
+        """Plan a recipe's jobs with the step's ``parameters`` under the user's overrides; ``decided``: values
+        the step derived from the overrides themselves (muse_scipost's ``skymethod='auto'``), which stand."""
         return self.engine.plan(recipe, groups, area=area, step=step, ifu_mode=self.ifu_mode,
-                                parameters=self.parameters_for(step, recipe, parameters), **options)
+                                parameters={**self.parameters_for(step, recipe, parameters), **(decided or {})},
+                                **options)
 
     def ifus_of_raw(self, date_obs: str, tag: str) -> tuple:
         """IFUs present in the raw file of an exposure (its CHANnn extensions)."""
@@ -394,9 +398,9 @@ def plan_sky(ctx, fraction=0.8, sky_mask=None, **_):
 
 
 def _sky_for_exposure(ctx, frame) -> tuple:
-    """SKY_LINES and SKY_CONTINUUM for one OBJECT exposure, and why (in short, then the details): its own sky
-    (measured on it), else the SKY exposure of the same night nearest in time, else none (muse_scipost then
-    fits the sky on the exposure with the static SKY_LINES)."""
+    """SKY_LINES and SKY_CONTINUUM for one OBJECT exposure, why (in short, then the details), and whether the
+    sky is its own: its own sky (measured on it), else the SKY exposure of the same night nearest in time, else
+    none (muse_scipost then fits the sky on the exposure with the static SKY_LINES)."""
     own = {}
     same_night = {}
     night = _night_of(frame)
@@ -409,16 +413,16 @@ def _sky_for_exposure(ctx, frame) -> tuple:
                 if best is None or abs(product.mjd - frame.mjd) < abs(best.mjd - frame.mjd):
                     same_night[tag] = product
     if len(own) == 2:
-        return {tag: [own[tag].path] for tag in own}, "its own sky (measured on the exposure)", ""
+        return {tag: [own[tag].path] for tag in own}, "its own sky (measured on the exposure)", "", True
     if len(same_night) == 2:
         delta = abs(same_night["SKY_LINES"].mjd - frame.mjd) * 24 * 60
         return ({tag: [same_night[tag].path] for tag in same_night},
                 "the SKY exposure of its night nearest in time",
-                f": {same_night['SKY_LINES'].date_obs}, {delta:.0f} min away")
+                f": {same_night['SKY_LINES'].date_obs}, {delta:.0f} min away", False)
     static = ctx.engine.static_calibrations.get("SKY_LINES")
     if static:
-        return {"SKY_LINES": [static]}, "no sky model: fitted on the exposure with the static SKY_LINES", ""
-    return {}, "no sky model", ""
+        return {"SKY_LINES": [static]}, "no sky model: fitted on the exposure with the static SKY_LINES", "", False
+    return {}, "no sky model", "", False
 
 
 #: Band of the images the exposures are aligned with when nothing decides otherwise (a reference image's own
@@ -521,8 +525,11 @@ def plan_align_bypointing(ctx, **_):
             "--exp-align", str(exp_align)]
     for date_obs, mjd in exposures:
         argv += ["--exposure", date_obs, repr(mjd)]
+    # Its input is recorded: its fingerprint then follows the content of muse_exp_align's OFFSET_LIST, so a new
+    # alignment makes it choose again.
     choose_job = ctx.engine.python_job(
         f"offsets_{name}", step="align_bypointing", area=ctx.layout, function=choose, log_argv=argv,
+        frames=[InputFrame(str(exp_align), "OFFSET_LIST", images[0].mjd)],
         products=[PlannedProduct("OFFSET_LIST", output.name, output, qualifier="in_force")],
         depends_on=[jobs[0].name])
     ctx.offset_list_in_force = output
@@ -566,7 +573,28 @@ def resolve_offset_list(ctx, offset_list):
     return path
 
 
-def plan_scipost(ctx, expotype="OBJECT", offset_list=True, skymethod="model", filter_list=None, save=None,
+def scipost_sky_method(ctx, group, requested: str, own_sky: bool) -> tuple:
+    """muse_scipost's ``--skymethod`` for one exposure, and why when it is not the one requested.
+
+    ``auto`` fits the sky on the exposure (``model``) unless that does not fit in the memory budget while the
+    exposure has its own sky from muse_create_sky: that sky, measured on the same exposure, is then subtracted as
+    it is (``subtract-model``), which needs no intermediate white-light cube (on 24 IFUs: 15.5 GB against more
+    than 24 GB, docs/benchmarks.md). A sky from another exposure is always refitted: the sky changes in time.
+    """
+    if requested != "auto":
+        return requested, ""
+    if not own_sky:
+        return "model", ""
+    ifus = len(ctx.engine.ifus_of(group)) or 1
+    budget = ctx.engine.memory_budget()
+    fit = memory_need("muse_scipost", ifus=ifus, parameters={"skymethod": "model"})
+    if fit <= budget:
+        return "model", ""
+    return "subtract-model", (f"; subtracted as measured (--skymethod=subtract-model): refitting it on {ifus} "
+                              f"IFUs (model) needs {fit:.1f} GB, over the {budget:.1f} GB memory budget")
+
+
+def plan_scipost(ctx, expotype="OBJECT", offset_list=True, skymethod="auto", filter_list=None, save=None,
                  output_wcs=None, **_):
     step = "scipost" if expotype == "OBJECT" else f"scipost_{expotype.lower()}"
     pixtable = f"PIXTABLE_{expotype}"
@@ -575,25 +603,37 @@ def plan_scipost(ctx, expotype="OBJECT", offset_list=True, skymethod="model", fi
                          f"run_scipost(expotype={expotype!r})")
     unaligned = offsets is None and expotype == "OBJECT" and ctx.offset_list_in_force is not None
     save = save or ("cube,individual" if expotype == "OBJECT" else "cube")
-    labels, calibrations, notes, note_of = [], [], [], {}
+    # A user's override by recipe or step wins over the step's own choice, as for every parameter.
+    skymethod = ctx.parameters_for(step, "muse_scipost", {"skymethod": skymethod})["skymethod"]
+    by_method = OrderedDict()   # skymethod -> (groups, labels, calibrations)
+    notes, note_of = [], {}
     for group in groups:
         explicit = {"OFFSET_LIST": [str(offsets)]} if offsets is not None else {}
         if output_wcs is not None:
             explicit["OUTPUT_WCS"] = [str(output_wcs)]
         note = detail = ""
+        method = skymethod
         if skymethod != "none":
-            sky, note, detail = _sky_for_exposure(ctx, group[0])
+            sky, note, detail, own = _sky_for_exposure(ctx, group[0])
+            method, why = scipost_sky_method(ctx, group, skymethod, own)
+            detail += why
             explicit.update(sky)
             if ctx.sky_mask is not None:
                 explicit["SKY_MASK"] = [str(ctx.sky_mask)]
-        calibrations.append(explicit)
-        notes.append(note)
-        labels.append(exposure_label(group[0]) + ("_unaligned" if unaligned else ""))
-        note_of[labels[-1]] = note + detail if skymethod != "none" else "no sky subtraction"
+        label = exposure_label(group[0]) + ("_unaligned" if unaligned else "")
+        entry = by_method.setdefault(method, ([], [], []))
+        entry[0].append(group)
+        entry[1].append(label)
+        entry[2].append(explicit)
+        notes.append(note + (" (subtracted as measured)" if method == "subtract-model" else ""))
+        note_of[label] = note + detail if skymethod != "none" else "no sky subtraction"
     qualifiers = {tag: "unaligned" for tag in ("DATACUBE_FINAL", "PIXTABLE_REDUCED")} if unaligned else None
-    jobs = ctx.plan(step, "muse_scipost", groups, area=ctx.layout, labels=labels, calibrations=calibrations,
-                    parameters={"save": save, "skymethod": skymethod, "filter": filter_list or ctx.filter_list},
-                    qualifiers=qualifiers)
+    jobs = []
+    for method, (method_groups, labels, calibrations) in by_method.items():
+        jobs += ctx.plan(step, "muse_scipost", method_groups, area=ctx.layout, labels=labels,
+                         calibrations=calibrations, qualifiers=qualifiers,
+                         parameters={"save": save, "filter": filter_list or ctx.filter_list},
+                         decided={"skymethod": method})
     offset_note = f"OFFSET_LIST {offsets.name}" if offsets is not None else "no OFFSET_LIST"
     for job in jobs:
         job.note = f"sky: {note_of[job.label]}; {offset_note}"

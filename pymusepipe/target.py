@@ -27,6 +27,7 @@ import numpy as np
 from astropy.table import vstack
 
 from . import instrument
+from .association import InputFrame
 from .engine import StepReport
 from .layout import TargetLayout, pointing_folder_name
 from .musepipe import MusePipe, _show_messages, make_engine, raise_for_failures, step_outcome, unique_jobs
@@ -292,7 +293,8 @@ class MuseTarget:
             argv += ["--filter-list", str(filter_list)]
         job = self.engine.python_job(
             f"align_{self.targetname}", step="align_target", area=self.layout, function=align,
-            log_argv=argv + paths, frames=images,
+            log_argv=argv + paths,
+            frames=images + ([InputFrame(str(reference), "REFERENCE_IMAGE", images[0].mjd)] if reference else []),
             products=[PlannedProduct("OFFSET_LIST", output.name, output, qualifier="in_force")],
             parameters={"reference": str(reference or ""), "filter": band or ""})
         note = (f"{len(images)} exposure(s) of {len(contexts)} pointing(s) aligned to "
@@ -321,8 +323,8 @@ class MuseTarget:
             f"output_wcs_{self.targetname}", step="mosaic", area=self.layout, function=grid,
             log_argv=["python3", "-m", "pymusepipe.tasks", "output-wcs", "--output", str(output), "--offset-list",
                       str(offsets), "--spaxel", repr(spaxel)] + paths,
-            frames=images, products=[PlannedProduct("OUTPUT_WCS", output.name, output)],
-            depends_on=[f"align_{self.targetname}"])
+            frames=images + [InputFrame(str(offsets), "OFFSET_LIST", images[0].mjd)],
+            products=[PlannedProduct("OUTPUT_WCS", output.name, output)], depends_on=[f"align_{self.targetname}"])
         return StepPlan("mosaic", [job]), output
 
     def _plan_mosaic(self, contexts, grid) -> StepPlan:

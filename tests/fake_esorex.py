@@ -8,7 +8,8 @@ muse_twilight), honouring ``--nifu`` and ``--merge``. Its behaviour is chosen by
 - ``FAKE_ESOREX_BEHAVIOUR``: ``ok`` (default), ``fail`` (exit 255 with an ``[ERROR]`` line), ``noproduct``
   (exit 0, writes nothing), ``hang`` (sleeps until killed);
 - ``FAKE_ESOREX_FAIL_IFU``: only the run with ``--nifu=<this>`` fails;
-- ``FAKE_ESOREX_RECORD``: a file to which each run appends its OMP_NUM_THREADS and argv.
+- ``FAKE_ESOREX_RECORD``: a file to which each run appends its OMP_NUM_THREADS and argv;
+- ``FAKE_ESOREX_STAMP``: a text written into every product (a re-run that makes different products).
 """
 import os
 import sys
@@ -61,7 +62,8 @@ def main(argv):
         merged = recipe_options.get("merge", "false").lower() == "true"
         for tag, per_ifu in PRODUCTS.get(recipe, ()):
             ifu_suffix = f"-{nifu:02d}" if per_ifu and not merged and nifu > 0 else ""
-            (output_dir / f"{tag}{ifu_suffix}.fits").write_text(f"{tag} from {' '.join(inputs)}\n")
+            stamp = os.environ.get("FAKE_ESOREX_STAMP", "")
+            (output_dir / f"{tag}{ifu_suffix}.fits").write_text(f"{tag} from {' '.join(inputs)}\n{stamp}")
             log.write(f"[ INFO  ] {recipe}: saved {tag}{ifu_suffix}.fits\n")
     return 0
 

@@ -1,5 +1,6 @@
 """The engine's edge cases with a fake esorex (tests/fake_esorex.py): fan-out, failures, timeout, resume,
 missing calibrations, fakemode, merged mode."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pymusepipe.engine import RecipeEngine
 from pymusepipe.esorex import read_sof
 from pymusepipe.executors import FakeExecutor, LocalExecutor
 from pymusepipe.layout import PointingLayout
-from pymusepipe.products import JobTable, ProductCatalogue
+from pymusepipe.products import JobTable, PlannedProduct, ProductCatalogue
 from pymusepipe.replaylog import ReplayLog
 
 FAKE_ESOREX = Path(__file__).with_name("fake_esorex.py")
@@ -327,3 +328,43 @@ def test_cleaned_products_keep_resume_and_are_remade_only_when_a_reader_runs_aga
     # The flat must run again (new parameter): the cleaned master is made again first.
     engine, statuses = run(nsum=16)
     assert statuses == ["done", "done"] and Path(master.path).is_file()
+
+
+def test_a_python_step_records_its_inputs_and_runs_again_only_when_their_content_changes(layout, fake_esorex,
+                                                                                         monkeypatch):
+    frames = _frames(layout.folder("raw"), "BIAS", 60000.5)
+    summary = layout.folder("object") / "bias_summary.txt"
+    read = []
+
+    def run(stamp, **bias_parameters):
+        monkeypatch.setenv("FAKE_ESOREX_STAMP", stamp)
+        engine = _engine(layout, fake_esorex)   # a new session each time: everything from the tables
+        (bias,) = engine.plan("muse_bias", [frames], ifus=[1], parameters=bias_parameters or None)
+        master = next(product.destination for product in bias.products if product.tag == "MASTER_BIAS")
+
+        def summarise():
+            text = Path(master).read_text()
+            read.append(text)
+            summary.parent.mkdir(parents=True, exist_ok=True)
+            summary.write_text(text.upper())
+            return "summarised"
+
+        python = engine.python_job("bias_summary", step="bias", area=layout, function=summarise,
+                                   log_argv=["python3", "-m", "pymusepipe.tasks", "summarise", str(master)],
+                                   frames=[InputFrame(str(master), "MASTER_BIAS", 60000.5)],
+                                   products=[PlannedProduct("SUMMARY", summary.name, summary)])
+        assert python.depends_on == (bias.name,)
+        report = engine.run([bias, python])
+        return engine, [report.results[job.name].status for job in (bias, python)]
+
+    engine, statuses = run("first")
+    assert statuses == ["done", "done"]
+    record = engine.job_table(layout, "python:bias").get("bias_summary")
+    master = layout.master_folder("Bias") / f"MASTER_BIAS_{frames[0].tpl_start}-01.fits"
+    assert json.loads(record.inputs) == [str(master)]
+    assert run("first")[1] == ["uptodate", "uptodate"]
+    # The master is made again, identical: its reader stays up to date (content, not time, decides).
+    assert run("first", combine="median")[1] == ["done", "uptodate"]
+    # The master is made again, different: its reader runs again on the new master.
+    assert run("second", combine="mean")[1] == ["done", "done"]
+    assert read[-1].endswith("second") and len(read) == 2

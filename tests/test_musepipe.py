@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from pymusepipe.memory import memory_need
+from pymusepipe.errors import StepFailedError
 from pymusepipe.musepipe import STEPS, MusePipe, StepInputError
 
 from rawframes import empty_calibration_kit, primary_header, write_raw
@@ -57,6 +59,11 @@ def test_fakemode_plans_every_step_in_order(dataset):
                 "LSF_PROFILE"):
         assert tag in tags, tag
     assert "RAMAN_LINES" not in tags   # not an AO mode
+    # The OFFSET_LIST in force is chosen from muse_exp_align's, recorded as its input (resume follows its content).
+    (exp_align, choose) = pipe.steps["align_bypointing"].report.jobs
+    assert [frame.path for frame in choose.frames] == [
+        str(product.destination) for product in exp_align.products if product.tag == "OFFSET_LIST"]
+    assert choose.depends_on == (exp_align.name,)
     # Calibrations and the standard star go to the night's shared area; science stays in the pointing.
     night = pipe.layout.night_layout("2025-03-16")
     assert all(job.area == night for name in ("bias", "flat", "wave", "lsf", "twilight", "standard")
@@ -178,3 +185,31 @@ def test_ao_and_nfm_modes_use_their_calibrations_and_spaxel_scale(tmp_path):
         fwhm[mode] = align.parameters["fwhm"]
     # The same seeing in NFM spaxels (0.025") and WFM spaxels (0.2"): eight times as many.
     assert fwhm["NFM-AO-N"] == pytest.approx(8 * fwhm["WFM-NOAO-N"], rel=0.05)
+
+
+@pytest.mark.parametrize("offset_sky", [False, True])
+def test_a_full_field_subtracts_its_own_sky_as_measured_when_refitting_it_would_not_fit(tmp_path, offset_sky):
+    templates = TEMPLATES if offset_sky else [t for t in TEMPLATES if t[0] != "sky"]
+    _write_dataset(tmp_path, ifus=range(1, 25), templates=templates)
+    refit = memory_need("muse_scipost", ifus=24, parameters={"skymethod": "model"})
+    subtract = memory_need("muse_scipost", ifus=24, parameters={"skymethod": "subtract-model"})
+    assert subtract < refit
+    for budget, expected in ((refit + 1, "model"), ((refit + subtract) / 2, "subtract-model")):
+        pipe = _fake(tmp_path, memory_gb=budget)
+        # A sky from another exposure (the offset sky) is always refitted: the sky changes in time. Where that
+        # does not fit, the job is refused before it starts, and the message says what else would let it run.
+        refused = offset_sky and expected == "subtract-model"
+        if refused:
+            with pytest.raises(StepFailedError, match=r"needs 31.5 GB.*skymethod='subtract-model'"):
+                pipe.run_all_recipes(last="scipost")
+        else:
+            pipe.run_all_recipes(last="scipost")
+        jobs = pipe.steps["scipost"].report.jobs
+        assert len(jobs) == 2
+        for job in jobs:
+            assert job.parameters["skymethod"] == ("model" if offset_sky else expected), job.name
+            assert ("subtracted as measured" in job.note) == (job.parameters["skymethod"] == "subtract-model")
+        subtracted = expected == "subtract-model" and not offset_sky
+        assert ("subtracted as measured" in pipe.steps["scipost"].summary) == subtracted
+        # The command lines of the replay log carry the choice.
+        assert ("--skymethod=subtract-model" in pipe.engine.log.path.read_text()) == subtracted

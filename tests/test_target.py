@@ -80,6 +80,11 @@ def test_a_target_is_one_graph_with_calibrations_once_and_one_mosaic(survey):
         assert calibrations["OFFSET_LIST"] == (str(offsets),)
         assert calibrations["OUTPUT_WCS"] == (str(target.layout.folder("object") / "OUTPUT_WCS_NGC1000.fits"),)
         assert f"align_NGC1000" in job.depends_on or any("output_wcs" in name for name in job.depends_on)
+    # The grid and the alignment record what they read: the OFFSET_LIST in force; the exposures' images.
+    (grid,) = [job for job in target.steps["mosaic"].report.jobs if job.name == "output_wcs_NGC1000"]
+    assert str(offsets) in [frame.path for frame in grid.frames]
+    (align,) = target.steps["align_target"].report.jobs
+    assert len(align.frames) == 6 and {frame.tag for frame in align.frames} == {"IMAGE_FOV"}
     (mosaic,) = [job for job in target.steps["mosaic"].report.jobs if job.recipe == "muse_exp_combine"]
     assert len(mosaic.frames) == 6 and mosaic.area == target.layout
     assert mosaic.calibration_paths()["OFFSET_LIST"] == (str(offsets),)
