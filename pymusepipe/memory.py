@@ -75,6 +75,7 @@ MEMORY_MODELS = MappingProxyType({
     "muse_exp_combine": MemoryModel(base=0.3, per_ifu_exposure=0.71),
 })
 
+
 def model_name(recipe: str, parameters=None) -> str:
     """The key of a run's model in :data:`MEMORY_MODELS`: a muse_scipost that fits the sky (its
     ``--skymethod=model``, ESO's default) needs more than one that subtracts a given sky or none."""
