@@ -92,7 +92,8 @@ class Job:
     memory_gb : float
         Modelled peak memory with ``threads`` threads (:mod:`pymusepipe.memory`).
     memory_for : callable, optional
-        ``threads -> GB``: the need with fewer threads (in ESO's merged mode each thread holds an IFU).
+        ``(threads, margin=True) -> GB``: the need with fewer threads (in ESO's merged mode each thread holds an
+        IFU); ``margin=False`` gives it without the safety margin (what the job may use running alone).
     function : callable, optional
         A Python step: called with no argument, writes the products (atomically), returns a message.
     log_argv : tuple of str
@@ -297,6 +298,7 @@ class RecipeEngine:
         self.log = log
         self._job_tables: dict = {}
         self._ifu_cache: dict = {}
+        self._planned_ifus: dict = {}     # job name -> IFUs, for the jobs planned in this session
         self._folders: dict = {}
         self._areas: dict = {}
         self.area_hooks: list = []          # callables(area) run before the first job of an area runs
@@ -364,6 +366,29 @@ class RecipeEngine:
         if not common:
             raise ValueError(f"the {len(frames)} frames starting with {frames[0].path} share no IFU")
         return tuple(sorted(common))
+
+    def ifus_held(self, frames: Sequence[InputFrame]) -> int:
+        """How many IFUs merged inputs (``PIXTABLE_REDUCED`` ...) hold together: those of the jobs that make
+        them, planned in this session or recorded in their job tables (1 when unknown)."""
+        by_path = self.catalogue.by_path()
+        held = 1
+        for frame in frames:
+            record = by_path.get(frame.path)
+            if record is None or not record.job:
+                continue
+            ifus = self._planned_ifus.get(record.job)
+            if ifus is None:
+                ifus = self._recorded_ifus(record)
+            held = max(held, len(ifus))
+        return held
+
+    def _recorded_ifus(self, record) -> tuple:
+        for key, area in self._areas.items():
+            if Path(record.path).is_relative_to(Path(key)):
+                previous = self.job_table(area, record.recipe).get(record.job)
+                if previous is not None:
+                    return tuple(int(ifu) for ifu in str(previous.ifus).split(",") if ifu.strip())
+        return ()
 
     def raw_ifus(self, path) -> tuple:
         """IFUs (``CHANnn`` extensions) of one raw file, cached."""
@@ -535,8 +560,9 @@ class RecipeEngine:
                 if producer and producer != name:
                     depends.add(producer)
             n_exposures = max(len(_exposures(frames)), 1)
-            memory = functools.partial(memory_need, spec.name, ifus=len(job_ifus) or 1, exposures=n_exposures,
-                                       merged=merged, parameters=job_parameters)
+            # A merged input holds the IFUs of the job that made it: a full exposure's PIXTABLE_REDUCED holds 24.
+            memory = functools.partial(memory_need, spec.name, ifus=len(job_ifus) or self.ifus_held(frames),
+                                       exposures=n_exposures, merged=merged, parameters=job_parameters)
             jobs.append(Job(name=name, recipe=spec.name, label=label, step=step, area=area, frames=list(frames),
                             ifus=tuple(job_ifus), parameters=job_parameters, associations=associations,
                             missing=missing, products=products,
@@ -614,6 +640,7 @@ class RecipeEngine:
     def _register_planned(self, job: Job):
         # Later plans may build on these products before they exist; a job with registered (done) products
         # keeps them until it runs again.
+        self._planned_ifus[job.name] = tuple(job.ifus)
         if all(record.status not in ("done", "cleaned") for record in self.catalogue.of_job(job.name)):
             self._register(job, status="planned")
 
@@ -922,6 +949,10 @@ class _EngineTask(Task):
 
     def memory_need(self, threads):
         return self.job.memory_for(threads=threads) if self.job.memory_for is not None else self.job.memory_gb
+
+    def memory_alone(self, threads):
+        return (self.job.memory_for(threads=threads, margin=False) if self.job.memory_for is not None
+                else self.job.memory_gb)
 
     def memory_advice(self):
         return memory_advice(self.job.recipe, self.job.parameters)

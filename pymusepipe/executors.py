@@ -28,10 +28,14 @@ from .scheduler import (STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_P
                         STATUS_UPTODATE, Capacity, Command, JobResult, Outcome)
 
 __all__ = ["Executor", "LocalExecutor", "FakeExecutor", "Command", "Outcome", "JobResult", "run_command",
-           "available_memory_gb", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "STATUS_PLANNED",
-           "STATUS_UPTODATE", "STATUS_INTERRUPTED"]
+           "available_memory_gb", "DEFAULT_MEMORY_FRACTION", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED",
+           "STATUS_PLANNED", "STATUS_UPTODATE", "STATUS_INTERRUPTED"]
 
 logger = logging.getLogger(__name__)
+
+#: Share of the machine's available memory the jobs get by default: the rest is for this process, the system
+#: and the page cache, and it is also the room a job running alone has above its need without the model's margin.
+DEFAULT_MEMORY_FRACTION = 0.8
 
 
 class Executor:
@@ -85,7 +89,8 @@ class LocalExecutor(Executor):
     cpus : sequence of int, optional
         CPU ids to use (default: this process's affinity mask).
     memory_gb : float, optional
-        Memory the jobs may use together; default: 80% of the machine's available memory.
+        Memory the jobs may use together; default: :data:`DEFAULT_MEMORY_FRACTION` of the machine's
+        available memory.
     pinning : str, optional
         ``likwid`` (default when likwid-pin is installed), ``taskset`` or ``none``.
     timeout : float, optional
@@ -95,7 +100,7 @@ class LocalExecutor(Executor):
     def __init__(self, cpus: Sequence[int] | None = None, memory_gb: float | None = None,
                  pinning: str | None = None, timeout: float | None = None):
         self.cpus = sorted(cpus) if cpus else available_cpus()
-        self.memory_gb = float(memory_gb) if memory_gb else available_memory_gb() * 0.8
+        self.memory_gb = float(memory_gb) if memory_gb else available_memory_gb() * DEFAULT_MEMORY_FRACTION
         self.pinning = pinning or default_pinning()
         if self.pinning not in PINNING_METHODS:
             raise ValueError(f"pinning={self.pinning!r}: expected one of {', '.join(PINNING_METHODS)}")

@@ -17,7 +17,9 @@ job tables) on the simulated runs: one IFU through the whole chain (``bash scrip
 (``benchmarks/bench_full_field.py``), MUSE 2.8.7 on Debian. :data:`MARGIN` covers what differs between runs (real
 data have more bad pixels and cosmic rays; the measured spread between identical runs was under 5%).
 The scheduler never starts a job whose need exceeds the memory budget, and ``ifu_mode='auto'`` fans a recipe out
-per IFU when its merged run would not fit.
+per IFU when its merged run would not fit. The margin is for jobs sharing the machine: a job whose need is above
+the whole budget still runs, alone, when its need without the margin (the measured peak its model reproduces)
+fits. A model that is only a lower limit (a run killed at that size) keeps its margin.
 """
 from __future__ import annotations
 
@@ -38,10 +40,13 @@ class MemoryModel:
     per_ifu: float = 0.0
     per_ifu_exposure: float = 0.0
     per_ifu_held: float = 0.0
+    #: The coefficients are a lower limit (the run was killed at that size), not a measured peak.
+    lower_limit: bool = False
 
-    def need(self, active_ifus: int = 1, ifus: int = 1, exposures: int = 1) -> float:
-        """Modelled peak memory (GB, margin included)."""
-        return MARGIN * (self.base + self.per_ifu * max(active_ifus, 0) + self.per_ifu_held * max(ifus, 0)
+    def need(self, active_ifus: int = 1, ifus: int = 1, exposures: int = 1, margin: bool = True) -> float:
+        """Modelled peak memory (GB), with the safety margin unless ``margin=False`` (a lower limit keeps it)."""
+        factor = MARGIN if margin or self.lower_limit else 1.0
+        return factor * (self.base + self.per_ifu * max(active_ifus, 0) + self.per_ifu_held * max(ifus, 0)
                          + self.per_ifu_exposure * max(ifus, 0) * max(exposures, 0))
 
 
@@ -70,7 +75,7 @@ MEMORY_MODELS = MappingProxyType({
     # Fitting the sky on the exposure (--skymethod=model, ESO's default) also resamples a white-light cube to find
     # the sky spaxels: 1.06 GB on one IFU; on 24 the kernel killed both runs at 24.2 GB, so the need is above
     # that: at least 1.0 GB per IFU.
-    "muse_scipost --skymethod=model": MemoryModel(base=0.25, per_ifu_exposure=1.0),
+    "muse_scipost --skymethod=model": MemoryModel(base=0.25, per_ifu_exposure=1.0, lower_limit=True),
     "muse_exp_align": MemoryModel(base=0.28),
     "muse_exp_combine": MemoryModel(base=0.3, per_ifu_exposure=0.71),
 })
@@ -99,7 +104,7 @@ _PER_IFU_RECIPES = frozenset({"muse_bias", "muse_dark", "muse_flat", "muse_wavec
 
 
 def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1, merged: bool = False,
-                parameters=None, models=MEMORY_MODELS) -> float:
+                parameters=None, models=MEMORY_MODELS, margin: bool = True) -> float:
     """Modelled peak memory (GB) of one run of ``recipe``.
 
     Parameters
@@ -115,6 +120,9 @@ def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1,
         ESO's in-process mode (``--nifu=-1``).
     parameters : mapping, optional
         The run's recipe parameters, where they change the need (muse_scipost's ``skymethod``).
+    margin : bool
+        Include the safety margin :data:`MARGIN`. Without it, the need is the peak the measurements give, which
+        a job may use when it runs alone (a model that is a lower limit keeps its margin).
     """
     model = models.get(model_name(recipe, parameters), models.get(recipe))
     if model is None:
@@ -122,5 +130,5 @@ def memory_need(recipe: str, *, ifus: int, exposures: int = 1, threads: int = 1,
     ifus = max(int(ifus), 1)
     if recipe in _PER_IFU_RECIPES:
         active = min(max(int(threads), 1), ifus) if merged else 1
-        return model.need(active_ifus=active, ifus=0, exposures=0)
-    return model.need(active_ifus=0, ifus=ifus, exposures=max(int(exposures), 1))
+        return model.need(active_ifus=active, ifus=0, exposures=0, margin=margin)
+    return model.need(active_ifus=0, ifus=ifus, exposures=max(int(exposures), 1), margin=margin)

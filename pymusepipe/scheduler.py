@@ -156,6 +156,11 @@ class Task:
         """Peak memory (GB) when given ``threads`` threads."""
         return self.memory_gb
 
+    def memory_alone(self, threads: int) -> float:
+        """Peak memory (GB) it may be given when it runs alone: its need without the safety margin that keeps
+        jobs sharing the machine apart (:mod:`pymusepipe.memory`); by default the need itself."""
+        return self.memory_need(threads)
+
     def memory_advice(self) -> str:
         """What else than more memory would let it run, for the message of a task that cannot fit."""
         return ""
@@ -324,25 +329,38 @@ class Scheduler:
                             threads = self.thread_policy(task, free_cpus, waiting)
                             threads = max(1, min(threads, max(free_cpus, 1)))
                             memory = task.memory_need(threads)
-                            if memory > capacity.memory_gb:
-                                smallest = task.memory_need(1)
-                                if smallest > capacity.memory_gb:
+                            if memory > capacity.memory_gb and task.memory_need(1) <= capacity.memory_gb:
+                                while threads > 1 and task.memory_need(threads) > capacity.memory_gb:
+                                    threads -= 1
+                                memory = task.memory_need(threads)
+                            elif memory > capacity.memory_gb:
+                                smallest, alone = task.memory_need(1), task.memory_alone(1)
+                                if alone > capacity.memory_gb:
                                     # Never started: it would be killed by the system, or thrash the machine.
                                     pending.remove(task)
                                     progress = True
                                     results[task.name] = JobResult(
                                         task.name, STATUS_FAILED,
-                                        message=f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory), "
-                                                f"more than the budget of {capacity.memory_gb:.1f} GB: give more "
-                                                "memory (memory_gb=...)"
+                                        message=f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory"
+                                                + (f"; {alone:.1f} GB without the safety margin, which it would "
+                                                   "get running alone" if alone < smallest else "")
+                                                + f"), more than the budget of {capacity.memory_gb:.1f} GB: give "
+                                                "more memory (memory_gb=...)"
                                                 + (f" or {task.memory_advice()}" if task.memory_advice() else ""))
                                     logger.error("%s: %s", task.name, results[task.name].message)
                                     task.record(results[task.name])
                                     bar.update(1)
                                     continue
-                                while threads > 1 and task.memory_need(threads) > capacity.memory_gb:
+                                # It fits only without the margin: it waits for the machine to itself and takes
+                                # the whole budget, so that nothing starts beside it.
+                                if running:
+                                    continue
+                                while threads > 1 and task.memory_alone(threads) > capacity.memory_gb:
                                     threads -= 1
-                                memory = task.memory_need(threads)
+                                logger.warning("%s: needs %.1f GB with the memory model's safety margin, more than "
+                                               "the budget of %.1f GB: runs alone (%.1f GB without the margin)",
+                                               task.name, smallest, capacity.memory_gb, task.memory_alone(threads))
+                                memory = capacity.memory_gb
                             if running and (threads > free_cpus or memory > free_memory + 1e-9):
                                 continue
                         else:

@@ -12,7 +12,7 @@ class CommandTask(Task):
     """A task running ``argv``; records what the scheduler told it in ``events``."""
 
     def __init__(self, tmp_path, name, argv, *, depends_on=(), expected=(), up_to_date=None, memory_gb=0.5,
-                 max_threads=1, finalize=None, events=None):
+                 max_threads=1, finalize=None, events=None, alone_gb=None):
         self.name = name
         self.argv = [str(item) for item in argv]
         self.depends_on = tuple(depends_on)
@@ -21,12 +21,16 @@ class CommandTask(Task):
         self.expected = [self.cwd / item for item in expected]
         self._up_to_date = up_to_date
         self.memory_gb = memory_gb
+        self.alone_gb = memory_gb if alone_gb is None else alone_gb
         self.max_threads = max_threads
         self._finalize = finalize
         self.events = events if events is not None else []
 
     def up_to_date(self):
         return self._up_to_date
+
+    def memory_alone(self, threads):
+        return self.alone_gb
 
     def prepare(self, threads):
         self.events.append(("prepare", self.name, threads))

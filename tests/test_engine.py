@@ -368,3 +368,27 @@ def test_a_python_step_records_its_inputs_and_runs_again_only_when_their_content
     # The master is made again, different: its reader runs again on the new master.
     assert run("second", combine="mean")[1] == ["done", "done"]
     assert read[-1].endswith("second") and len(read) == 2
+
+
+def test_a_merged_product_holds_the_ifus_of_the_job_that_made_it_also_in_a_new_session(layout, fake_esorex):
+    # A reader of merged products (muse_exp_combine of whole exposures' PIXTABLE_REDUCED) needs memory for every
+    # IFU they hold, which only the job that made them knows: this session's plan, else its job table.
+    engine = _engine(layout, fake_esorex)
+    raw = layout.folder("raw")
+    engine.run(engine.plan("muse_bias", [_frames(raw, "BIAS", 60000.5)], ifus=[1, 2]))
+    engine.run(engine.plan("muse_flat", [_frames(raw, "FLAT", 60000.6)], ifus=[1, 2]))
+    (twilight,) = engine.plan("muse_twilight", [_frames(raw, "SKYFLAT", 60000.8)], ifus=[1, 2],
+                              skip_calibrations=("WAVECAL_TABLE", "GEOMETRY_TABLE"))
+
+    def cube_of(some_engine):
+        (record,) = [r for r in some_engine.catalogue.records if r.tag == "TWILIGHT_CUBE"]
+        assert record.ifu == 0          # merged: no IFU of its own
+        return [InputFrame.from_product(record)]
+
+    assert engine.ifus_held(cube_of(engine)) == 2
+    assert engine.run([twilight]).results[twilight.name].status == "done"
+    fresh = _engine(layout, fake_esorex)
+    fresh.add_area(layout)
+    assert fresh.ifus_held(cube_of(fresh)) == 2
+    # Inputs no job made (raw files, static calibrations) hold one as far as anyone knows.
+    assert fresh.ifus_held(_frames(raw, "BIAS", 60001.5)) == 1

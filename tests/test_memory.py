@@ -1,6 +1,7 @@
 """The memory model against the peaks measured with the real recipes (MUSE 2.8.7, simulated data)."""
 import pytest
 
+from pymusepipe.executors import DEFAULT_MEMORY_FRACTION
 from pymusepipe.memory import MARGIN, memory_need
 
 #: Peak RSS (GB) of esorex measured by benchmarks/bench_full_field.py (24 IFUs, ESO merged mode) and the demo
@@ -46,3 +47,23 @@ def test_twilight_holds_every_ifu_whatever_its_threads_and_sky_flats():
     assert memory_need("muse_twilight", ifus=24, threads=1) == memory_need("muse_twilight", ifus=24, threads=8)
     assert memory_need("muse_twilight", ifus=24, exposures=5) == memory_need("muse_twilight", ifus=24, exposures=1)
     assert memory_need("muse_twilight", ifus=24) > 5 * memory_need("muse_twilight", ifus=1) / 2
+
+
+@pytest.mark.parametrize("recipe, ifus, threads, merged, exposures, parameters, measured", MEASURED)
+def test_without_its_margin_the_model_stays_within_the_room_the_default_budget_leaves(recipe, ifus, threads, merged,
+                                                                                     exposures, parameters, measured):
+    # A job above the whole budget with the margin runs alone when its need without it fits (the scheduler): the
+    # memory the default budget leaves free must then cover what the model may miss of the real peak.
+    bare = memory_need(recipe, ifus=ifus, threads=threads, merged=merged, exposures=exposures,
+                       parameters=parameters, margin=False)
+    assert measured * DEFAULT_MEMORY_FRACTION <= bare, (recipe, ifus, bare, measured)
+
+
+def test_a_model_that_is_only_a_lower_limit_keeps_its_margin():
+    # The refit's 1.0 GB per IFU is where the kernel killed it, not a peak: running it alone without the margin
+    # would be running it where it was killed.
+    refit = {"skymethod": "model"}
+    assert memory_need("muse_scipost", ifus=24, parameters=refit, margin=False) == \
+        memory_need("muse_scipost", ifus=24, parameters=refit)
+    assert memory_need("muse_standard", ifus=24, margin=False) == \
+        pytest.approx(memory_need("muse_standard", ifus=24) / MARGIN)

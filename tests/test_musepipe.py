@@ -1,8 +1,10 @@
 """MusePipe without running recipes: set-up errors, step order and slicing, parameters, fakemode."""
+import logging
 from pathlib import Path
 
 import pytest
 
+from pymusepipe.executors import DEFAULT_MEMORY_FRACTION
 from pymusepipe.memory import memory_need
 from pymusepipe.errors import StepFailedError
 from pymusepipe.musepipe import STEPS, MusePipe, StepInputError
@@ -185,6 +187,23 @@ def test_ao_and_nfm_modes_use_their_calibrations_and_spaxel_scale(tmp_path):
         fwhm[mode] = align.parameters["fwhm"]
     # The same seeing in NFM spaxels (0.025") and WFM spaxels (0.2"): eight times as many.
     assert fwhm["NFM-AO-N"] == pytest.approx(8 * fwhm["WFM-NOAO-N"], rel=0.05)
+
+
+def test_a_full_field_goes_through_the_default_budget_of_a_24_gib_machine_up_to_the_combination(tmp_path, caplog):
+    # 80 % of the 23 GiB a 24 GiB machine has available: muse_standard, muse_create_sky and muse_scipost on 24 IFUs
+    # are above it with the memory model's margin (20-21 GB) but not without it (15.5-16.2 GB measured): each runs
+    # alone instead of being refused. Combining two full exposures (34 GB without the margin) still cannot run.
+    _write_dataset(tmp_path, ifus=range(1, 25), templates=[t for t in TEMPLATES if t[0] != "sky"])
+    pipe = _fake(tmp_path, memory_gb=DEFAULT_MEMORY_FRACTION * 23.0)
+    with caplog.at_level(logging.WARNING, logger="pymusepipe.scheduler"):
+        pipe.run_all_recipes(last="scipost")
+    alone = {job.recipe for step in ("standard", "sky", "prep_align", "scipost")
+             for job in pipe.steps[step].report.jobs if f"{job.name}: needs" in caplog.text}
+    assert alone == {"muse_standard", "muse_create_sky", "muse_scipost"}
+    assert caplog.text.count("runs alone") == 1 + 2 + 2 + 2
+    assert {job.parameters["skymethod"] for job in pipe.steps["scipost"].report.jobs} == {"subtract-model"}
+    with pytest.raises(StepFailedError, match="without the safety margin"):
+        pipe.run_combine_pointing()
 
 
 @pytest.mark.parametrize("offset_sky", [False, True])

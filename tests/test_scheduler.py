@@ -1,5 +1,6 @@
 """The one scheduler with the local and fake executors: budgets, threads, pinning, dependencies, skipping,
 classification, finalisation, interruption."""
+import logging
 import shutil
 import signal
 import sys
@@ -223,6 +224,32 @@ def test_a_job_needing_more_memory_than_the_budget_is_never_started(tmp_path):
     assert results["huge"].status == "failed" and "more than the budget of 4.0 GB" in results["huge"].message
     assert results["after"].status == "skipped" and not (tmp_path / "ran").exists()
     assert not any(event[:2] == ("prepare", "huge") for event in events)
+
+
+def test_a_job_above_the_budget_only_with_the_margin_waits_and_runs_alone_on_every_core(tmp_path, caplog):
+    # The memory model's margin keeps jobs sharing the machine apart. A job above the whole budget with it but not
+    # without it (a full field's muse_standard: 16.2 GB measured, 21.1 modelled, 18.4 budgeted on 24 GiB) still
+    # runs: once nothing else does, on every core, with nothing started beside it.
+    events = []
+    first = sleep_task(tmp_path, "first", seconds=0.4, memory_gb=0.2, events=events)
+    big = sleep_task(tmp_path, "big", seconds=0.4, memory_gb=5.0, alone_gb=3.5, max_threads=8, events=events)
+    rest = [sleep_task(tmp_path, name, seconds=0.4, memory_gb=0.2, events=events) for name in ("second", "third")]
+    with caplog.at_level(logging.WARNING, logger="pymusepipe.scheduler"):
+        results = _run([first, big, *rest], cpus=[0, 1], memory_gb=4.0)
+    assert {result.status for result in results.values()} == {"done"}
+    for other in ("first", "second", "third"):
+        assert max_overlap(tmp_path, ["big", other]) == 1, other
+    assert ("prepare", "big", 2) in events
+    assert "big: needs 5.0 GB" in caplog.text and "runs alone (3.5 GB without the margin)" in caplog.text
+
+
+def test_a_job_above_the_budget_even_without_the_margin_is_refused_saying_both(tmp_path):
+    events = []
+    big = CommandTask(tmp_path, "big", ["sh", "-c", f"touch {tmp_path / 'ran'}"], memory_gb=5.0, alone_gb=4.5,
+                      events=events)
+    results = _run([big], cpus=[0, 1], memory_gb=4.0)
+    assert results["big"].status == "failed" and not (tmp_path / "ran").exists()
+    assert "needs 5.0 GB" in results["big"].message and "4.5 GB without the safety margin" in results["big"].message
 
 
 def test_an_error_recording_a_job_stops_the_jobs_still_running(tmp_path):
