@@ -124,6 +124,10 @@ class DaskExecutor(Executor):
         """None: the cluster queues the commands itself, each within one worker's declared resources."""
         return None
 
+    def job_memory_limit(self) -> float:
+        """The largest worker's declared memory: a job that cannot fit there, even alone, never starts."""
+        return self._worker_capacity()[1]
+
     @property
     def cpus(self) -> list:
         """One id per CPU of the largest worker: the engine sizes each job's threads with ``len(cpus)``."""

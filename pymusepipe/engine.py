@@ -324,11 +324,7 @@ class RecipeEngine:
 
     def memory_budget(self) -> float:
         """Memory (GB) the jobs of a run may use together (the executor's, or its largest worker's)."""
-        capacity = self.executor.capacity()
-        if capacity is not None:
-            return float(capacity.memory_gb)
-        largest = getattr(self.executor, "_worker_capacity", None)
-        return float(largest()[1]) if largest is not None else float("inf")
+        return self.executor.job_memory_limit()
 
     # ------------------------------------------------------------------ areas and tables
     def add_area(self, area: AreaLayout) -> AreaLayout:

@@ -47,6 +47,12 @@ class Executor:
     def capacity(self) -> Capacity | None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def job_memory_limit(self) -> float:
+        """The most memory (GB) one job can be given: the budget (:meth:`capacity`), or what the executor
+        knows of its largest worker when it queues the jobs itself."""
+        capacity = self.capacity()
+        return float(capacity.memory_gb) if capacity is not None else float("inf")
+
     def start(self, command: Command, done: Callable[[Outcome], None]):  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from .esorex import parse_log
 
-__all__ = ["Command", "Outcome", "JobResult", "Task", "Scheduler", "RunInterrupted", "Capacity",
+__all__ = ["Command", "Outcome", "JobResult", "Task", "Scheduler", "RunInterrupted", "Capacity", "memory_refusal",
            "classify_outcome", "critical_path_priority", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED",
            "STATUS_PLANNED", "STATUS_UPTODATE", "STATUS_INTERRUPTED"]
 
@@ -231,6 +231,20 @@ def classify_outcome(command: Command, outcome: Outcome, tail_lines: int = 15) -
     return JobResult(command.name, STATUS_DONE, message=note, **base)
 
 
+def memory_refusal(task: Task, limit: float) -> str:
+    """Why ``task`` can never run with ``limit`` GB, the most one job can get (empty when it can, if need be
+    alone: without the memory model's safety margin)."""
+    smallest, alone = task.memory_need(1), task.memory_alone(1)
+    if alone <= limit:
+        return ""
+    advice = task.memory_advice()
+    return (f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory"
+            + (f"; {alone:.1f} GB without the safety margin, which it would get running alone" if alone < smallest
+               else "")
+            + f"), more than the budget of {limit:.1f} GB: give more memory (memory_gb=...)"
+            + (f" or {advice}" if advice else ""))
+
+
 class Scheduler:
     """Runs a graph of tasks through an executor.
 
@@ -317,6 +331,17 @@ class Scheduler:
                             progress = True
                             continue
                         memory = task.memory_gb
+                        refusal = "" if task.local else memory_refusal(
+                            task, capacity.memory_gb if capacity else self.executor.job_memory_limit())
+                        if refusal:
+                            # Never started: it would be killed by the system, or thrash the machine.
+                            pending.remove(task)
+                            progress = True
+                            results[task.name] = JobResult(task.name, STATUS_FAILED, message=refusal)
+                            logger.error("%s: %s", task.name, refusal)
+                            task.record(results[task.name])
+                            bar.update(1)
+                            continue
                         if task.local:
                             threads = 1
                         elif capacity:
@@ -334,23 +359,6 @@ class Scheduler:
                                     threads -= 1
                                 memory = task.memory_need(threads)
                             elif memory > capacity.memory_gb:
-                                smallest, alone = task.memory_need(1), task.memory_alone(1)
-                                if alone > capacity.memory_gb:
-                                    # Never started: it would be killed by the system, or thrash the machine.
-                                    pending.remove(task)
-                                    progress = True
-                                    results[task.name] = JobResult(
-                                        task.name, STATUS_FAILED,
-                                        message=f"needs {smallest:.1f} GB of memory (modelled, pymusepipe.memory"
-                                                + (f"; {alone:.1f} GB without the safety margin, which it would "
-                                                   "get running alone" if alone < smallest else "")
-                                                + f"), more than the budget of {capacity.memory_gb:.1f} GB: give "
-                                                "more memory (memory_gb=...)"
-                                                + (f" or {task.memory_advice()}" if task.memory_advice() else ""))
-                                    logger.error("%s: %s", task.name, results[task.name].message)
-                                    task.record(results[task.name])
-                                    bar.update(1)
-                                    continue
                                 # It fits only without the margin: it waits for the machine to itself and takes
                                 # the whole budget, so that nothing starts beside it.
                                 if running:
@@ -359,7 +367,8 @@ class Scheduler:
                                     threads -= 1
                                 logger.warning("%s: needs %.1f GB with the memory model's safety margin, more than "
                                                "the budget of %.1f GB: runs alone (%.1f GB without the margin)",
-                                               task.name, smallest, capacity.memory_gb, task.memory_alone(threads))
+                                               task.name, task.memory_need(1), capacity.memory_gb,
+                                               task.memory_alone(threads))
                                 memory = capacity.memory_gb
                             if running and (threads > free_cpus or memory > free_memory + 1e-9):
                                 continue

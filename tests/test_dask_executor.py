@@ -68,6 +68,20 @@ def test_the_same_graph_gives_the_same_results_and_skips_locally_and_on_dask(cli
     assert (tmp_path / "dask" / "out" / "make" / "A.fits").read_text().strip() == "1"
 
 
+def test_the_largest_worker_is_the_memory_limit_of_a_job_with_or_without_the_margin(client, tmp_path):
+    # Workers of 4 GB: a job modelled at 5 GB with the margin and 3.5 without it runs (alone on a worker); one
+    # needing 4.5 GB even without the margin is refused before it starts, as with the local executor.
+    events = []
+    fits = CommandTask(tmp_path, "fits", ["bash", "-c", "touch A.fits"], expected=["A.fits"], memory_gb=5.0,
+                       alone_gb=3.5, events=events)
+    huge = CommandTask(tmp_path, "huge", ["bash", "-c", "touch B.fits"], expected=["B.fits"], memory_gb=5.0,
+                       alone_gb=4.5, events=events)
+    results = Scheduler(DaskExecutor(client), progress=False).run([fits, huge])
+    assert results["fits"].ok, results["fits"].message
+    assert results["huge"].status == "failed" and "more than the budget of 4.0 GB" in results["huge"].message
+    assert not any(event[:2] == ("prepare", "huge") for event in events)
+
+
 def test_workers_without_resources_are_a_clear_error(tmp_path):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=":0") as cluster, distributed.Client(cluster) as plain:
