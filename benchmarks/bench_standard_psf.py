@@ -141,7 +141,7 @@ def _science(run: Path, out: Path, number: int, new: dict):
     date_obs = fits.getheader(image, 0)["DATE-OBS"][:19]
     (entry,) = [e for e in truth["exposures"] if e["kind"] == "OBJECT" and e["date_obs"][:19] == date_obs]
     stars = measure_point_sources(image, truth, "Cousins_R", seeing_arcsec=entry["psf_fwhm_arcsec"],
-                                  transparency=entry["transparency"])
+                                  transparency=entry["transparency"], psf_beta=entry.get("psf_beta"))
     ratios, offsets = np.asarray(stars["flux_ratio"]), np.asarray(stars["offset"])
     inside = np.asarray(stars["edge_distance"]) >= 1.0
     low, high = np.percentile(ratios[inside], [5, 95])

@@ -87,7 +87,8 @@ def compare_with_truth(pipe, truth) -> dict:
     weights = np.array([e["exptime"] for e in objects], dtype=float)
     seeing = float(np.median([e["seeing_fwhm_arcsec"] for e in objects]))
     transparency = float(np.average([e["transparency"] for e in objects], weights=weights))
-    stars = measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency)
+    stars = measure_point_sources(image, truth, DEMO_FILTER, seeing_arcsec=seeing, transparency=transparency,
+                                  psf_beta=objects[0].get("psf_beta"))
     offsets = summarize_offsets(stars) if len(stars) else None
     header = fits.getheader(cube)
     predicted = predicted_rv_corrections(truth, header)

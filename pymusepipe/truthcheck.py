@@ -1,8 +1,8 @@
 """Measure reduced products of a simulated run against its truth (``truth.json``).
 
 Point sources in a reconstructed image (IMAGE_FOV: ``DATA`` extension with a celestial WCS, values in
-1e-20 erg/s/cm2/A per spaxel): each is fitted with a circular Gaussian plus a constant background around its
-true position, which gives its position and total flux. :func:`summarize_offsets` splits the position errors
+1e-20 erg/s/cm2/A per spaxel): each is fitted with a circular Gaussian (or a Moffat of the index the truth
+gives) plus a constant background around its true position, which gives its position and total flux. :func:`summarize_offsets` splits the position errors
 into a common shift and the scatter about it (see ``docs/simulator.md``, "Measuring a reduction against the
 truth", for why a one-IFU cube has a common shift of a few hundredths of an arcsec).
 
@@ -35,12 +35,34 @@ HALPHA_COMPLEX = ("Halpha", "[NII]6548", "[NII]6583")
 
 
 # -- point sources ----------------------------------------------------------------------------------------
-def _gaussian_model(params, y, x):
-    amplitude, x0, y0, sigma, background = params
-    return amplitude * np.exp(-0.5 * ((x - x0) ** 2 + (y - y0) ** 2) / sigma ** 2) + background
+class _StarProfile:
+    """The circular profile stars are fitted with: a Gaussian (``beta=None``) or a Moffat ``(1 + r^2/w^2)^-beta``
+    of known index. Its free width ``w`` is the Gaussian's sigma or the Moffat's core radius."""
+
+    def __init__(self, beta=None):
+        self.beta = None if beta is None else float(beta)
+
+    #: Sub-pixel offsets on which a Moffat is averaged over each pixel: a Moffat seen through square pixels is no
+    #: longer a Moffat (sampled at pixel centres its fitted flux comes out ~1 % high at 4 pixels FWHM), whereas a
+    #: Gaussian stays one, only wider, so it is sampled at the centres.
+    SUBPIXELS = (np.arange(3) - 1) / 3.0
+
+    def shape(self, dx, dy, width):
+        """Profile of unit peak, at pixel offsets ``(dx, dy)`` from its centre."""
+        if self.beta is None:
+            return np.exp(-0.5 * (dx ** 2 + dy ** 2) / width ** 2)
+        return np.mean([(1.0 + ((dx + sx) ** 2 + (dy + sy) ** 2) / width ** 2) ** -self.beta
+                        for sx in self.SUBPIXELS for sy in self.SUBPIXELS], axis=0)
+
+    def area(self, width):
+        """Integral of :meth:`shape` over the plane: total flux over peak."""
+        return 2 * math.pi * width ** 2 if self.beta is None else math.pi * width ** 2 / (self.beta - 1)
+
+    def fwhm_per_width(self):
+        return 2.3548 if self.beta is None else 2 * math.sqrt(2 ** (1 / self.beta) - 1)
 
 
-def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
+def _fit_star(data, x_guess, y_guess, sigma_guess, half_size, profile):
     ny, nx = data.shape
     x0, x1 = int(round(x_guess)) - half_size, int(round(x_guess)) + half_size + 1
     y0, y1 = int(round(y_guess)) - half_size, int(round(y_guess)) + half_size + 1
@@ -59,25 +81,28 @@ def _fit_star(data, x_guess, y_guess, sigma_guess, half_size):
     values, ys, xs = cutout[good], yy[good], xx[good]
     background = float(np.median(values))
     peak = float(np.nanmax(values) - background)
-    start = [max(peak, 1e-3), x_guess, y_guess, sigma_guess, background]
-    fit = least_squares(lambda p: _gaussian_model(p, ys, xs) - values, start,
-                        bounds=([0, x0, y0, 0.3, -np.inf], [np.inf, x1, y1, 3 * half_size, np.inf]))
-    amplitude, x_fit, y_fit, sigma, _ = fit.x
-    flux = 2 * math.pi * amplitude * sigma ** 2
+    # the width's start and bounds: the Gaussian sigma's, as the same FWHM
+    to_width = 2.3548 / profile.fwhm_per_width()
+    start = [max(peak, 1e-3), x_guess, y_guess, sigma_guess * to_width, background]
+    fit = least_squares(lambda p: p[0] * profile.shape(xs - p[1], ys - p[2], p[3]) + p[4] - values,
+                        start, bounds=([0, x0, y0, 0.3 * to_width, -np.inf],
+                                       [np.inf, x1, y1, 3 * half_size * to_width, np.inf]))
+    amplitude, x_fit, y_fit, width, _ = fit.x
+    flux = amplitude * profile.area(width)
     # Uncertainty of the flux from the fit: the covariance from the Jacobian scaled by the residual variance
-    # (noise and any mismatch of the Gaussian model), propagated through flux = 2 pi A sigma^2.
+    # (noise and any mismatch of the model), propagated through flux = amplitude x area(width), area ~ width^2.
     dof = max(values.size - fit.x.size, 1)
     try:
         covariance = np.linalg.inv(fit.jac.T @ fit.jac) * float(np.sum(fit.fun ** 2)) / dof
-        gradient = np.array([2 * math.pi * sigma ** 2, 0.0, 0.0, 4 * math.pi * amplitude * sigma, 0.0])
+        gradient = np.array([profile.area(width), 0.0, 0.0, 2 * flux / width, 0.0])
         flux_error = float(math.sqrt(max(gradient @ covariance @ gradient, 0.0)))
     except np.linalg.LinAlgError:
         flux_error = float("nan")
-    return x_fit, y_fit, sigma, flux, flux_error
+    return x_fit, y_fit, width * profile.fwhm_per_width(), flux, flux_error
 
 
 def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, min_flux_fraction=0.0,
-                          transparency=1.0, exposure_images=()):
+                          transparency=1.0, exposure_images=(), psf_beta=None):
     """Fit every true point source that lies fully inside the image.
 
     Parameters
@@ -99,6 +124,10 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         Images of the single exposures combined into ``image_path`` (any grid, with their WCS). The edge
         distance is then also measured to the edge of each of them: a star near the end of one dithered
         exposure has its profile cut in that exposure even where the combined image holds data.
+    psf_beta : float, optional
+        Fit a Moffat profile of this index instead of a Gaussian: the seeing PSF the exposures were drawn with
+        (``psf_beta`` of each exposure in the truth). A Gaussian fitted to a Moffat star misses the flux in
+        its wings.
 
     Returns
     -------
@@ -122,6 +151,7 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
     footprints = [_Footprint(path) for path in exposure_images]
     sigma_guess = seeing_arcsec / 2.3548 / scale
     half_size = max(4, int(math.ceil(3 * sigma_guess)))
+    profile = _StarProfile(psf_beta)
     sources = truth["point_sources"]
     brightest = max(source["flux"][filter_name] for source in sources)
     rows = []
@@ -130,21 +160,21 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         if true_flux < min_flux_fraction * brightest:
             continue
         x_guess, y_guess = wcs.world_to_pixel_values(source["ra"], source["dec"])
-        result = _fit_star(data, float(x_guess), float(y_guess), sigma_guess, half_size)
+        result = _fit_star(data, float(x_guess), float(y_guess), sigma_guess, half_size, profile)
         if result is None:
             continue
-        x_fit, y_fit, sigma, flux, flux_error = result
+        x_fit, y_fit, fwhm, flux, flux_error = result
         ra, dec = wcs.pixel_to_world_values(x_fit, y_fit)
         d_ra = (float(ra) - source["ra"]) * 3600.0 * math.cos(math.radians(source["dec"]))
         d_dec = (float(dec) - source["dec"]) * 3600.0
         expected = true_flux * transparency
         edge = float(edge_distance[min(max(int(round(y_fit)), 0), data.shape[0] - 1),
                                    min(max(int(round(x_fit)), 0), data.shape[1] - 1)]) * scale
-        fwhm = sigma * 2.3548 * scale
+        fwhm = fwhm * scale
         for footprint in footprints:
             edge = min(edge, footprint.edge_distance(float(ra), float(dec), reach=fwhm))
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
-                     math.hypot(d_ra, d_dec), sigma * 2.3548 * scale, true_flux, expected, flux, flux_error,
+                     math.hypot(d_ra, d_dec), fwhm, true_flux, expected, flux, flux_error,
                      flux / expected, flux_error / expected, edge))
     return Table(rows=rows or None,
                  names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",

@@ -369,3 +369,40 @@ def test_scipost_resampling_shifts_a_one_ifu_strip_south(tmp_path):
     shifted = shifts["pitch 1+1/24, float32-exact limits"]
     assert -0.03 < shifted["shift_dec"] < -0.01, shifted
     assert abs(shifted["shift_ra"]) < 0.002 and shifted["scatter_max"] < 0.01, shifted
+
+
+def test_moffat_stars_are_measured_with_their_wings_when_the_truth_gives_the_index(tmp_path):
+    """Stars drawn with a Moffat beta = 2.8 seeing PSF (each spaxel integrated on a 5 x 5 sub-grid), 4" apart on
+    a 0.2" grid, no noise: fitted with that profile averaged over each spaxel (3 x 3), their fluxes come out within
+    0.5 % and their positions within 0.01"; a Gaussian fit misses the light in the wings (a quarter of it)."""
+    beta, fwhm, scale = 2.8, 0.8, 0.2
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [RA0, DEC0]
+    wcs.wcs.crpix = [51.0, 51.0]
+    wcs.wcs.cd = np.diag([-scale / 3600, scale / 3600])
+    rng = np.random.default_rng(8)
+    width = fwhm / scale / (2 * math.sqrt(2 ** (1 / beta) - 1))          # core radius [spaxel]
+    sub = (np.arange(5) - 2) / 5.0
+    yy, xx = np.mgrid[0:101, 0:101]
+    image = np.full(xx.shape, 2.0)
+    sources = []
+    for x in range(15, 90, 20):
+        for y in range(15, 90, 20):
+            x_true, y_true = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+            ra, dec = wcs.pixel_to_world_values(x_true, y_true)
+            sources.append({"ra": float(ra), "dec": float(dec), "flux": {"white": 1e4}})
+            peak = 1e4 * (beta - 1) / (math.pi * width ** 2)
+            for dy in sub:
+                for dx in sub:
+                    r2 = (xx + dx - x_true) ** 2 + (yy + dy - y_true) ** 2
+                    image += peak / 25 * (1 + r2 / width ** 2) ** -beta
+    path = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, wcs.to_header(), name="DATA")]).writeto(path)
+    moffat = tc.measure_point_sources(path, {"point_sources": sources}, "white", psf_beta=beta)
+    assert len(moffat) == len(sources) == 16
+    np.testing.assert_allclose(moffat["flux_ratio"], 1.0, atol=0.005)
+    assert np.max(moffat["offset"]) < 0.01
+    np.testing.assert_allclose(moffat["fwhm"], fwhm, rtol=0.02)
+    gaussian = tc.measure_point_sources(path, {"point_sources": sources}, "white")
+    assert np.all(gaussian["flux_ratio"] < 0.95), gaussian["flux_ratio"]

@@ -3,6 +3,7 @@ modes, the reference image, archive masters, compression and memory per IFU.
 
 Most checks run on header-only programmes (full headers, 1x1-pixel CCD images), which take seconds; pixel
 content is checked by rendering single CCDs or slices."""
+import dataclasses
 import json
 import os
 import tracemalloc
@@ -738,3 +739,68 @@ def test_a_process_running_other_threads_draws_through_a_fork_server(monkeypatch
         thread.join()
     monkeypatch.setattr(run_module.threading, "active_count", lambda: 1)
     assert _process_context().get_start_method() == "fork"
+
+
+def _drifting_slice(rows=300, columns=80, pixel_length=0.96):
+    """Focal positions along a slice [spaxel] of a slice box whose trace drifts with the row, as in the model."""
+    row = np.arange(float(rows))[:, None]
+    return (20.0 + 1.7 * np.sin(row / 90.0)) - pixel_length * np.arange(columns)[None, :]
+
+
+@pytest.mark.parametrize("seeing", [0.5, 0.8, 1.2])
+def test_a_moffat_psf_tabulated_along_a_slice_stays_within_the_linear_interpolation_bound(seeing):
+    """The mixture is integrated exactly on a grid and interpolated at the pixels (a drifting trace gives every
+    row other positions): the error stays within step^2 / 8 times the largest second derivative of the
+    pixel-integrated profile, a sum over the components of share x pixel / (sqrt(2 pi) sigma^3)."""
+    from scipy.special import erf
+
+    from pymusepipe.simulate.scene import PROFILE_STEP, along_slice_fractions, psf_components
+
+    pixel_length, centre = 0.96, -18.3
+    xpos = _drifting_slice(pixel_length=pixel_length)
+    weights, sigmas = psf_components(seeing, 2.8)
+    sigmas = sigmas / 0.2
+    root2 = np.sqrt(2.0) * sigmas
+    exact = sum(w * 0.5 * (erf((xpos + pixel_length / 2 - centre) / r) - erf((xpos - pixel_length / 2 - centre) / r))
+                for w, r in zip(weights, root2))
+    drawn = along_slice_fractions(xpos, centre, pixel_length, weights, root2)
+    bound = PROFILE_STEP ** 2 / 8 * np.sum(weights * pixel_length / (np.sqrt(2 * np.pi) * sigmas ** 3))
+    assert np.abs(drawn - exact).max() <= bound
+    assert bound < 1e-4 * exact.max()        # what the docstring promises, well below the photon noise
+
+
+def test_a_gaussian_psf_is_still_integrated_exactly_over_every_pixel():
+    from scipy.special import erf
+
+    from pymusepipe.simulate.scene import along_slice_fractions, reach
+
+    xpos, sigma, share = _drifting_slice(), 1.7, 0.3
+    root2 = np.sqrt(2.0) * sigma
+    exact = share * 0.5 * (erf((xpos + 0.48 - 2.2) / root2) - erf((xpos - 0.48 - 2.2) / root2))
+    assert np.array_equal(along_slice_fractions(xpos, 2.2, 0.96, np.array([share]), np.array([root2])), exact)
+    assert reach(np.array([share]), np.array([sigma]), 0.96) == 7 * sigma
+
+
+def test_a_moffat_psf_is_drawn_as_far_as_its_components_give_a_pixel_a_share_of_the_light():
+    """Beyond the reach no component puts MIN_PIXEL_SHARE of the star's light in a pixel; within it one does."""
+    from pymusepipe.simulate.scene import MIN_PIXEL_SHARE, psf_components, reach
+
+    weights, sigmas = psf_components(0.8, 2.8)
+    sigmas = sigmas / 0.2
+    for height_share in (1.0, 1e-2, 1e-4):      # a slice through the star, one in its wings, one far off
+        shares = weights * height_share
+        distance = reach(shares, sigmas, 0.96)
+        peaks = shares * 0.96 / (np.sqrt(2 * np.pi) * sigmas)
+        at = lambda x: peaks * np.exp(-0.5 * (x / sigmas) ** 2)      # noqa: E731 - per component, at distance x
+        assert np.all(at(distance * 1.001) < MIN_PIXEL_SHARE) and np.any(at(distance * 0.999) > MIN_PIXEL_SHARE)
+        assert distance < 7 * sigmas.max()     # the widest component's 7 sigma would span the whole field
+
+
+@pytest.mark.parametrize("psf_beta", [None, 2.8])
+def test_the_truth_gives_the_seeing_profile_of_every_star_frame(tmp_path, psf_beta):
+    """What truthcheck.measure_point_sources needs to fit the stars with the profile they were drawn with."""
+    programme = dataclasses.replace(survey_programme(header_only=True), psf_beta=psf_beta)
+    truth = simulate_programme(tmp_path / "root", programme).targets["SIMGAL"]
+    on_sky = [e for e in truth["exposures"] if e["kind"] in ("OBJECT", "SKY", "STD")]
+    assert on_sky and all(e["psf_beta"] == psf_beta for e in on_sky)
+    assert all(e["psf_profile"] == ("gaussian" if psf_beta is None else "moffat beta=2.8") for e in on_sky)

@@ -547,6 +547,7 @@ def _exposure_truth(root, frame, path, programme, schedule, design, model):
         _, airmass, _, _ = horizontal(exposure.ra, exposure.dec, exposure.mjd + exposure.exptime / 172800.0)
         entry.update({"seeing_fwhm_arcsec": item.get("seeing"), "psf_fwhm_arcsec": item.get("psf_fwhm"),
                       "psf_profile": "gaussian" if programme.psf_beta is None else f"moffat beta={programme.psf_beta}",
+                      "psf_beta": programme.psf_beta,
                       "transparency": item.get("transparency"), "airmass_mid": airmass,
                       "sky_line_flux_cube": _lines_in_cube_units(spectra.SKY_LINES, airmass)})
         if item.get("raman"):
