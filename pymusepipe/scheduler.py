@@ -273,6 +273,35 @@ class Scheduler:
         share = max(1, free_cpus // max(1, ready))
         return max(1, min(task.max_threads, share))
 
+    def _size(self, task, capacity, free_cpus, free_memory, ready_after, *, busy):
+        """Threads and memory (GB) to start ``task`` with now on the local machine's ``capacity``, or None if it
+        must wait; ``ready_after`` are the ready tasks after it, ``busy`` whether any job runs."""
+        # Share the cores only with the ready jobs that fit in memory beside this one: a job the budget keeps
+        # waiting would leave its share of the cores idle.
+        room = free_memory - task.memory_need(1)
+        waiting = 1 + sum(1 for other in ready_after if not other.local and other.memory_need(1) <= room + 1e-9)
+        threads = self.thread_policy(task, free_cpus, waiting)
+        threads = max(1, min(threads, max(free_cpus, 1)))
+        memory = task.memory_need(threads)
+        if memory > capacity.memory_gb and task.memory_need(1) <= capacity.memory_gb:
+            while threads > 1 and task.memory_need(threads) > capacity.memory_gb:
+                threads -= 1
+            memory = task.memory_need(threads)
+        elif memory > capacity.memory_gb:
+            # It fits only without the margin: it waits for the machine to itself and takes the whole budget, so
+            # that nothing starts beside it.
+            if busy:
+                return None
+            while threads > 1 and task.memory_alone(threads) > capacity.memory_gb:
+                threads -= 1
+            logger.warning("%s: needs %.1f GB with the memory model's safety margin, more than the budget of "
+                           "%.1f GB: runs alone (%.1f GB without the margin)", task.name, task.memory_need(1),
+                           capacity.memory_gb, task.memory_alone(threads))
+            memory = capacity.memory_gb
+        if busy and (threads > free_cpus or memory > free_memory + 1e-9):
+            return None
+        return threads, memory
+
     def run(self, tasks: Sequence[Task], *, label: str = "") -> dict:
         """Run the tasks; returns ``{name: JobResult}`` in the order given.
 
@@ -330,9 +359,7 @@ class Scheduler:
                             bar.update(1)
                             progress = True
                             continue
-                        memory = task.memory_gb
-                        refusal = "" if task.local else memory_refusal(
-                            task, capacity.memory_gb if capacity else self.executor.job_memory_limit())
+                        refusal = "" if task.local else memory_refusal(task, self.executor.job_memory_limit())
                         if refusal:
                             # Never started: it would be killed by the system, or thrash the machine.
                             pending.remove(task)
@@ -343,37 +370,16 @@ class Scheduler:
                             bar.update(1)
                             continue
                         if task.local:
-                            threads = 1
+                            threads, memory = 1, task.memory_gb
                         elif capacity:
-                            # Share the cores only with the ready jobs that fit in memory beside this one: a
-                            # job the budget keeps waiting would leave its share of the cores idle.
-                            room = free_memory - task.memory_need(1)
-                            waiting = 1 + sum(1 for other in ready[index + 1:]
-                                              if other in pending and not other.local
-                                              and other.memory_need(1) <= room + 1e-9)
-                            threads = self.thread_policy(task, free_cpus, waiting)
-                            threads = max(1, min(threads, max(free_cpus, 1)))
-                            memory = task.memory_need(threads)
-                            if memory > capacity.memory_gb and task.memory_need(1) <= capacity.memory_gb:
-                                while threads > 1 and task.memory_need(threads) > capacity.memory_gb:
-                                    threads -= 1
-                                memory = task.memory_need(threads)
-                            elif memory > capacity.memory_gb:
-                                # It fits only without the margin: it waits for the machine to itself and takes
-                                # the whole budget, so that nothing starts beside it.
-                                if running:
-                                    continue
-                                while threads > 1 and task.memory_alone(threads) > capacity.memory_gb:
-                                    threads -= 1
-                                logger.warning("%s: needs %.1f GB with the memory model's safety margin, more than "
-                                               "the budget of %.1f GB: runs alone (%.1f GB without the margin)",
-                                               task.name, task.memory_need(1), capacity.memory_gb,
-                                               task.memory_alone(threads))
-                                memory = capacity.memory_gb
-                            if running and (threads > free_cpus or memory > free_memory + 1e-9):
+                            size = self._size(task, capacity, free_cpus, free_memory,
+                                              [other for other in ready[index + 1:] if other in pending],
+                                              busy=bool(running))
+                            if size is None:
                                 continue
+                            threads, memory = size
                         else:
-                            threads = task.max_threads
+                            threads, memory = task.max_threads, task.memory_gb
                         pending.remove(task)
                         progress = True
                         try:
