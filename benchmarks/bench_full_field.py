@@ -47,6 +47,28 @@ def _jobs(root: Path):
     return rows
 
 
+def _ifu_count(row, jobs_by_name, producer_of):
+    """IFUs a job's model counts: its own, or for a reader of merged products (muse_exp_combine reading
+    PIXTABLE_REDUCED) those of the jobs that made its inputs, as the engine counts them."""
+    def own(job_row):
+        return len([ifu for ifu in str(job_row["ifus"]).split(",") if ifu.strip()])
+
+    if own(row):
+        return own(row)
+    held = [own(jobs_by_name[producer_of[path]]) for path in json.loads(str(row["inputs"]))
+            if producer_of.get(path) in jobs_by_name]
+    return max(held, default=1) or 1
+
+
+def _producers(root: Path):
+    """Product path -> the job that made it, over every products table of the run."""
+    out = {}
+    for path in root.rglob("Astro_Tables/*_products.fits"):
+        for row in Table.read(path):
+            out[str(row["path"])] = str(row["job"])
+    return out
+
+
 def _disk_by_step(root: Path):
     out = defaultdict(int)
     for path in root.rglob("Astro_Tables/*_products.fits"):
@@ -61,7 +83,9 @@ def _report(root: Path, mode: str, wall: float):
     print(f"\n== {mode} mode: chain wall time {wall:.0f} s")
     print(f"{'recipe':<18}{'jobs':>5}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}{'model GB':>10}")
     by_recipe = defaultdict(list)
-    for row in _jobs(root):
+    jobs = _jobs(root)
+    jobs_by_name, producer_of = {str(row["job"]): row for row in jobs}, _producers(root)
+    for row in jobs:
         if str(row["status"]) == "done":
             by_recipe[str(row["recipe"])].append(row)
     total_cpu = 0.0
@@ -71,7 +95,7 @@ def _report(root: Path, mode: str, wall: float):
         total_cpu += cpu
         peak = max(rows, key=lambda r: float(r["max_rss_mb"]))
         params = json.loads(str(peak["parameters"]))
-        ifus = len(str(peak["ifus"]).split(",")) if str(peak["ifus"]) else 1
+        ifus = _ifu_count(peak, jobs_by_name, producer_of)
         merged = params.get("nifu") == -1
         exposures = max(1, len({p.split("_")[-1] for p in json.loads(str(peak["inputs"]))})) \
             if recipe in ("muse_exp_combine",) else 1
