@@ -113,9 +113,14 @@ def _report(root: Path, mode: str, wall: float):
 def _star_line(label, stars, transparency=1.0):
     offsets = np.asarray(stars["offset"])
     ratios = np.asarray(stars["flux_ratio"]) / transparency
+    inside = np.asarray(stars["edge_distance"]) >= 1.0      # a star nearer an edge has its profile cut
+    low, high = np.percentile(ratios[inside], [5, 95]) if inside.any() else (np.nan, np.nan)
     return (f"{label}: {len(stars)} stars, position error median {np.median(offsets):.3f}\" max "
             f"{offsets.max():.3f}\"; flux / (truth x transparency) median {np.median(ratios):.3f} "
-            f"({ratios.min():.3f}-{ratios.max():.3f})")
+            f"({ratios.min():.3f}-{ratios.max():.3f}); the {inside.sum()} stars at least 1\" from an edge: median "
+            f"{np.median(ratios[inside]) if inside.any() else np.nan:.3f}, 5-95 % {low:.3f}-{high:.3f}, "
+            f"{np.mean(np.abs(ratios[inside] - 1) <= 0.03) * 100 if inside.any() else 0:.0f} % within 3 %, "
+            f"position error max {offsets[inside].max() if inside.any() else np.nan:.3f}\"")
 
 
 def _check_exposures(pipe, truth, step="scipost"):
