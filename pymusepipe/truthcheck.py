@@ -17,8 +17,8 @@ Velocities follow the simulator's convention: ``v = c (lambda / lambda_rest - 1)
 """
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,11 +152,11 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         (``psf_beta`` of each exposure in the truth). A Gaussian fitted to a Moffat star misses the flux in
         its wings.
     subtract_neighbours : bool, optional
-        Fit each star again on the image minus the other stars' fitted profiles (out to
-        :data:`NEIGHBOUR_RADIUS_FWHM` times the FWHM), :data:`NEIGHBOUR_PASSES` times. Default: with a Moffat
-        profile, whose wings reach the neighbours in a crowded field (a full simulated field, 312 stars per
-        arcmin2: the faintest sixth came out 7 % low without it, within 1 % with it); not with a Gaussian,
-        whose light is gone within 2 FWHM.
+        Fit the stars brightest first, each on the image minus the fitted profiles of the others (out to
+        :data:`NEIGHBOUR_RADIUS_FWHM` times the FWHM), then fit each again so :data:`NEIGHBOUR_PASSES` times.
+        Default: with a Moffat profile, whose wings reach the neighbours in a crowded field (a full simulated
+        field, 312 stars per arcmin2: the faintest sixth of the stars came out 7 % low without it, 1 % high
+        with it); not with a Gaussian, whose light is gone within 2 FWHM.
 
     Returns
     -------
@@ -225,7 +225,7 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
 
 
 #: Neighbour subtraction (:func:`measure_point_sources`): how far each fitted star is subtracted, in FWHM (a
-#: beta = 2.8 Moffat keeps 0.3 % of its light beyond 6 FWHM), and how many times the stars are fitted again.
+#: beta = 2.8 Moffat keeps 0.1 % of its light beyond 6 FWHM), and how many times the stars are fitted again.
 NEIGHBOUR_RADIUS_FWHM = 6.0
 NEIGHBOUR_PASSES = 2
 
