@@ -4,7 +4,8 @@ Point sources in a reconstructed image (IMAGE_FOV: ``DATA`` extension with a cel
 1e-20 erg/s/cm2/A per spaxel): each is fitted with a circular Gaussian (or a Moffat of the index the truth
 gives) plus a constant background around its true position, which gives its position and total flux. Moffat
 wings reach the neighbours in a crowded field: the stars are then fitted brightest first, each on the image minus
-the others' fitted profiles, and fitted again twice so. :func:`summarize_offsets` splits the position errors
+the others' fitted profiles, and fitted again twice so; and the Moffat's index is the image's own, measured on its
+brightest stars (a cube's resampling steepens the seeing's profile). :func:`summarize_offsets` splits the position errors
 into a common shift and the scatter about it (see ``docs/simulator.md``, "Measuring a reduction against the
 truth", for why a one-IFU cube has a common shift of a few hundredths of an arcsec).
 
@@ -148,9 +149,12 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         distance is then also measured to the edge of each of them: a star near the end of one dithered
         exposure has its profile cut in that exposure even where the combined image holds data.
     psf_beta : float, optional
-        Fit a Moffat profile of this index instead of a Gaussian: the seeing PSF the exposures were drawn with
-        (``psf_beta`` of each exposure in the truth). A Gaussian fitted to a Moffat star misses the flux in
-        its wings.
+        Fit a Moffat profile instead of a Gaussian: the index of the seeing PSF the exposures were drawn with
+        (``psf_beta`` of each exposure in the truth), a first guess. The image's own index is measured on its
+        :data:`INDEX_STARS` brightest stars, each fitted with a free index, and every star is fitted with it
+        (``meta["psf_beta"]`` of the table): the resampling of a cube steepens the profile (2.8 became 3.0 on a
+        simulated full field, and a fit at 2.8 put its stars 3 % high). A Gaussian fitted to a Moffat star
+        misses the flux in its wings.
     subtract_neighbours : bool, optional
         Fit the stars brightest first, each on the image minus the fitted profiles of the others (out to
         :data:`NEIGHBOUR_RADIUS_FWHM` times the FWHM), then fit each again so :data:`NEIGHBOUR_PASSES` times.
@@ -190,12 +194,15 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         # brightest first, each subtracted once fitted: a faint star beside a bright one is not fitted on its core
         radius = int(math.ceil(NEIGHBOUR_RADIUS_FWHM * seeing_arcsec / scale))
         order = sorted(guesses, key=lambda index: -sources[index]["flux"][filter_name])
-        others = data.copy()
-        fits_by_source = _fit_stars(others, {index: guesses[index] for index in order}, sigma_guess, half_size,
-                                    profile, radius=radius)
-        for _ in range(NEIGHBOUR_PASSES):
-            fits_by_source = _fit_stars(others, guesses, sigma_guess, half_size, profile, radius=radius,
-                                        previous=fits_by_source)
+        fits_by_source, others = _fit_crowded(data, guesses, order, sigma_guess, half_size, profile, radius)
+        # the image's own index, from its brightest stars: the cube's resampling steepens the seeing's Moffat;
+        # measured again once the neighbours are subtracted with it
+        for _ in range(INDEX_ROUNDS if profile.beta is not None else 0):
+            beta = _image_moffat_index(others, fits_by_source, order, half_size, profile, radius)
+            if beta is None:
+                break
+            profile = _StarProfile(beta)
+            fits_by_source, others = _fit_crowded(data, guesses, order, sigma_guess, half_size, profile, radius)
     else:
         fits_by_source = _fit_stars(data, guesses, sigma_guess, half_size, profile)
     rows = []
@@ -216,18 +223,25 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
         rows.append((index, source["ra"], source["dec"], float(ra), float(dec), d_ra, d_dec,
                      math.hypot(d_ra, d_dec), fwhm, true_flux, expected, flux, flux_error,
                      flux / expected, flux_error / expected, edge))
-    return Table(rows=rows or None,
-                 names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",
-                        "flux_true", "flux_expected", "flux", "flux_error", "flux_ratio", "ratio_error",
-                        "edge_distance"),
-                 dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
-                        float, float, float, float))
+    table = Table(rows=rows or None,
+                  names=("source", "ra_true", "dec_true", "ra", "dec", "d_ra", "d_dec", "offset", "fwhm",
+                         "flux_true", "flux_expected", "flux", "flux_error", "flux_ratio", "ratio_error",
+                         "edge_distance"),
+                  dtype=(int, float, float, float, float, float, float, float, float, float, float, float,
+                         float, float, float, float))
+    table.meta["psf_beta"] = profile.beta
+    return table
 
 
 #: Neighbour subtraction (:func:`measure_point_sources`): how far each fitted star is subtracted, in FWHM (a
 #: beta = 2.8 Moffat keeps 0.1 % of its light beyond 6 FWHM), and how many times the stars are fitted again.
 NEIGHBOUR_RADIUS_FWHM = 6.0
 NEIGHBOUR_PASSES = 2
+
+#: How many of the brightest stars measure a Moffat image's own index (:func:`measure_point_sources`), and how
+#: many times (each after subtracting the neighbours with the index measured before).
+INDEX_STARS = 30
+INDEX_ROUNDS = 2
 
 
 def _fit_stars(image, guesses, sigma_guess, half_size, profile, *, radius=0, previous=None):
@@ -245,6 +259,48 @@ def _fit_stars(image, guesses, sigma_guess, half_size, profile, *, radius=0, pre
             if radius:
                 profile.subtract(image, result, radius)
     return fits_by_source
+
+
+def _fit_crowded(data, guesses, order, sigma_guess, half_size, profile, radius):
+    """Fits of every star, brightest (``order``) first, each on the data minus the others' fits, then
+    :data:`NEIGHBOUR_PASSES` times again; and the data minus all of them."""
+    others = data.copy()
+    fits_by_source = _fit_stars(others, {index: guesses[index] for index in order}, sigma_guess, half_size, profile,
+                                radius=radius)
+    for _ in range(NEIGHBOUR_PASSES):
+        fits_by_source = _fit_stars(others, guesses, sigma_guess, half_size, profile, radius=radius,
+                                    previous=fits_by_source)
+    return fits_by_source, others
+
+
+def _image_moffat_index(others, fits_by_source, order, half_size, profile, radius):
+    """Median Moffat index of the :data:`INDEX_STARS` brightest fitted stars, each fitted with a free index in a
+    box twice as wide, on the image minus the other stars; None if none could be fitted."""
+    box = 2 * half_size
+    ny, nx = others.shape
+    indices = []
+    for index in [index for index in order if index in fits_by_source][:INDEX_STARS]:
+        fit = fits_by_source[index]
+        x0, y0 = int(round(fit.x)), int(round(fit.y))
+        ya, yb, xa, xb = max(y0 - box, 0), min(y0 + box + 1, ny), max(x0 - box, 0), min(x0 + box + 1, nx)
+        own = others[ya:yb, xa:xb].copy()
+        yy, xx = np.mgrid[ya:yb, xa:xb]
+        own += fit.amplitude * profile.shape(xx - fit.x, yy - fit.y, fit.width) * (
+            (xx - fit.x) ** 2 + (yy - fit.y) ** 2 <= radius ** 2)
+        good = np.isfinite(own)
+        if good.sum() < 0.9 * good.size:
+            continue                                     # cut by an edge: the wings are not all there
+        values, ys, xs = own[good], yy[good], xx[good]
+
+        def residuals(p):
+            return p[0] * _StarProfile(p[5]).shape(xs - p[1], ys - p[2], p[3]) + p[4] - values
+
+        result = least_squares(residuals, [fit.amplitude, fit.x, fit.y, fit.width, 0.0, profile.beta],
+                               bounds=([0, fit.x - 2, fit.y - 2, 0.3, -np.inf, 1.5],
+                                       [np.inf, fit.x + 2, fit.y + 2, 3 * box, np.inf, 10.0]))
+        if result.success:
+            indices.append(float(result.x[5]))
+    return float(np.median(indices)) if indices else None
 
 
 class _Footprint:

@@ -427,3 +427,18 @@ def test_the_wings_of_a_bright_neighbour_are_subtracted_before_a_faint_star_is_f
     both = tc.measure_point_sources(path, {"point_sources": sources}, "white", psf_beta=2.8)
     np.testing.assert_allclose(both["flux_ratio"], 1.0, atol=0.01)
     assert np.max(both["offset"]) < 0.01
+
+
+def test_a_moffat_image_is_fitted_with_its_own_index_measured_on_its_brightest_stars(tmp_path):
+    """The truth gives the seeing's index (2.8); the image's stars are steeper (3.3), as the resampling of a cube
+    makes them. The index is measured on the brightest stars and every star fitted with it: fluxes within 0.5 %.
+    (On the simulated full field: 2.98 for seeing drawn at 2.8; fitted at 2.8, the stars came out 2.7 % high,
+    against aperture photometry.)"""
+    rng = np.random.default_rng(9)
+    stars = [(x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), 1e4 * (1 + (x + y) % 3))
+             for x in range(15, 90, 20) for y in range(15, 90, 20)]
+    path = tmp_path / "image.fits"
+    sources = _moffat_image(path, stars, beta=3.3)
+    measured = tc.measure_point_sources(path, {"point_sources": sources}, "white", psf_beta=2.8)
+    assert measured.meta["psf_beta"] == pytest.approx(3.3, abs=0.05)
+    np.testing.assert_allclose(measured["flux_ratio"], 1.0, atol=0.005)
