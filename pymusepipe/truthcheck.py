@@ -285,8 +285,9 @@ def _image_moffat_index(others, fits_by_source, order, half_size, profile, radiu
         ya, yb, xa, xb = max(y0 - box, 0), min(y0 + box + 1, ny), max(x0 - box, 0), min(x0 + box + 1, nx)
         own = others[ya:yb, xa:xb].copy()
         yy, xx = np.mgrid[ya:yb, xa:xb]
-        own += fit.amplitude * profile.shape(xx - fit.x, yy - fit.y, fit.width) * (
-            (xx - fit.x) ** 2 + (yy - fit.y) ** 2 <= radius ** 2)
+        # put back what :meth:`_StarProfile.subtract` took of this star (its square stamp)
+        stamp = (np.abs(xx - int(fit.x)) <= radius) & (np.abs(yy - int(fit.y)) <= radius)
+        own += fit.amplitude * profile.shape(xx - fit.x, yy - fit.y, fit.width) * stamp
         good = np.isfinite(own)
         if good.sum() < 0.9 * good.size:
             continue                                     # cut by an edge: the wings are not all there
