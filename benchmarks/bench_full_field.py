@@ -47,26 +47,11 @@ def _jobs(root: Path):
     return rows
 
 
-def _ifu_count(row, jobs_by_name, producer_of):
+def _ifu_count(pipe, row):
     """IFUs a job's model counts: its own, or for a reader of merged products (muse_exp_combine reading
-    PIXTABLE_REDUCED) those of the jobs that made its inputs, as the engine counts them."""
-    def own(job_row):
-        return len([ifu for ifu in str(job_row["ifus"]).split(",") if ifu.strip()])
-
-    if own(row):
-        return own(row)
-    held = [own(jobs_by_name[producer_of[path]]) for path in json.loads(str(row["inputs"]))
-            if producer_of.get(path) in jobs_by_name]
-    return max(held, default=1) or 1
-
-
-def _producers(root: Path):
-    """Product path -> the job that made it, over every products table of the run."""
-    out = {}
-    for path in root.rglob("Astro_Tables/*_products.fits"):
-        for row in Table.read(path):
-            out[str(row["path"])] = str(row["job"])
-    return out
+    PIXTABLE_REDUCED) those of the jobs that made its inputs, counted by the engine as it counts them."""
+    own = [ifu for ifu in str(row["ifus"]).split(",") if ifu.strip()]
+    return len(own) or pipe.engine.ifus_held(json.loads(str(row["inputs"])))
 
 
 def _disk_by_step(root: Path):
@@ -79,12 +64,11 @@ def _disk_by_step(root: Path):
     return out
 
 
-def _report(root: Path, mode: str, wall: float):
+def _report(pipe, root: Path, mode: str, wall: float):
     print(f"\n== {mode} mode: chain wall time {wall:.0f} s")
     print(f"{'recipe':<18}{'jobs':>5}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}{'model GB':>10}")
     by_recipe = defaultdict(list)
     jobs = _jobs(root)
-    jobs_by_name, producer_of = {str(row["job"]): row for row in jobs}, _producers(root)
     for row in jobs:
         if str(row["status"]) == "done":
             by_recipe[str(row["recipe"])].append(row)
@@ -95,7 +79,7 @@ def _report(root: Path, mode: str, wall: float):
         total_cpu += cpu
         peak = max(rows, key=lambda r: float(r["max_rss_mb"]))
         params = json.loads(str(peak["parameters"]))
-        ifus = _ifu_count(peak, jobs_by_name, producer_of)
+        ifus = _ifu_count(pipe, peak)
         merged = params.get("nifu") == -1
         exposures = max(1, len({p.split("_")[-1] for p in json.loads(str(peak["inputs"]))})) \
             if recipe in ("muse_exp_combine",) else 1
@@ -113,14 +97,16 @@ def _report(root: Path, mode: str, wall: float):
 def _star_line(label, stars, transparency=1.0):
     offsets = np.asarray(stars["offset"])
     ratios = np.asarray(stars["flux_ratio"]) / transparency
-    inside = np.asarray(stars["edge_distance"]) >= 1.0      # a star nearer an edge has its profile cut
-    low, high = np.percentile(ratios[inside], [5, 95]) if inside.any() else (np.nan, np.nan)
-    return (f"{label}: {len(stars)} stars, position error median {np.median(offsets):.3f}\" max "
+    line = (f"{label}: {len(stars)} stars, position error median {np.median(offsets):.3f}\" max "
             f"{offsets.max():.3f}\"; flux / (truth x transparency) median {np.median(ratios):.3f} "
-            f"({ratios.min():.3f}-{ratios.max():.3f}); the {inside.sum()} stars at least 1\" from an edge: median "
-            f"{np.median(ratios[inside]) if inside.any() else np.nan:.3f}, 5-95 % {low:.3f}-{high:.3f}, "
-            f"{np.mean(np.abs(ratios[inside] - 1) <= 0.03) * 100 if inside.any() else 0:.0f} % within 3 %, "
-            f"position error max {offsets[inside].max() if inside.any() else np.nan:.3f}\"")
+            f"({ratios.min():.3f}-{ratios.max():.3f})")
+    inside = np.asarray(stars["edge_distance"]) >= 1.0      # a star nearer an edge has its profile cut
+    if not inside.any():
+        return line + "; no star at least 1\" from an edge"
+    low, high = np.percentile(ratios[inside], [5, 95])
+    return (f"{line}; the {inside.sum()} stars at least 1\" from an edge: median {np.median(ratios[inside]):.3f}, "
+            f"5-95 % {low:.3f}-{high:.3f}, {np.mean(np.abs(ratios[inside] - 1) <= 0.03) * 100:.0f} % within 3 %, "
+            f"position error max {offsets[inside].max():.3f}\"")
 
 
 def _check_exposures(pipe, truth, step="scipost"):
@@ -240,7 +226,7 @@ def main(argv=None):
         except Exception as error:  # noqa: BLE001 - report what ran, then the failure
             failure = error
         wall = time.monotonic() - start
-        _report(root, mode, wall)
+        _report(pipe, root, mode, wall)
         print(pipe.status())
         if failure is not None:
             print(f"{mode}: the chain failed: {failure}")

@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from . import instrument
 from .association import (Association, CalibrationCandidate, InputFrame, MissingCalibration,
@@ -363,13 +363,13 @@ class RecipeEngine:
             raise ValueError(f"the {len(frames)} frames starting with {frames[0].path} share no IFU")
         return tuple(sorted(common))
 
-    def ifus_held(self, frames: Sequence[InputFrame]) -> int:
-        """How many IFUs merged inputs (``PIXTABLE_REDUCED`` ...) hold together: those of the jobs that make
-        them, planned in this session or recorded in their job tables (1 when unknown)."""
+    def ifus_held(self, paths: Iterable[str]) -> int:
+        """How many IFUs merged inputs (``PIXTABLE_REDUCED`` ...) at ``paths`` hold together: those of the jobs
+        that make them, planned in this session or recorded in their job tables (1 when unknown)."""
         by_path = self.catalogue.by_path()
         held = 1
-        for frame in frames:
-            record = by_path.get(frame.path)
+        for path in paths:
+            record = by_path.get(str(path))
             if record is None or not record.job:
                 continue
             ifus = self._planned_ifus.get(record.job)
@@ -557,7 +557,8 @@ class RecipeEngine:
                     depends.add(producer)
             n_exposures = max(len(_exposures(frames)), 1)
             # A merged input holds the IFUs of the job that made it: a full exposure's PIXTABLE_REDUCED holds 24.
-            memory = functools.partial(memory_need, spec.name, ifus=len(job_ifus) or self.ifus_held(frames),
+            ifus_read = len(job_ifus) or self.ifus_held(frame.path for frame in frames)
+            memory = functools.partial(memory_need, spec.name, ifus=ifus_read,
                                        exposures=n_exposures, merged=merged, parameters=job_parameters)
             jobs.append(Job(name=name, recipe=spec.name, label=label, step=step, area=area, frames=list(frames),
                             ifus=tuple(job_ifus), parameters=job_parameters, associations=associations,

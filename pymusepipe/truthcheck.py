@@ -40,6 +40,18 @@ HALPHA_COMPLEX = ("Halpha", "[NII]6548", "[NII]6583")
 
 
 # -- point sources ----------------------------------------------------------------------------------------
+#: Sub-pixel offsets on which a Moffat is averaged over each pixel: a Moffat seen through square pixels is no
+#: longer a Moffat (sampled at pixel centres its fitted flux comes out ~1 % high at 4 pixels FWHM), whereas a
+#: Gaussian stays one, only wider, so it is sampled at the centres.
+_SUBPIXELS = (np.arange(3) - 1) / 3.0
+
+
+def _pixel_moffat(dx, dy, width, beta):
+    """Moffat ``(1 + r^2/width^2)^-beta`` of unit peak averaged over the pixels at offsets ``(dx, dy)``."""
+    return np.mean([(1.0 + ((dx + sx) ** 2 + (dy + sy) ** 2) / width ** 2) ** -beta
+                    for sx in _SUBPIXELS for sy in _SUBPIXELS], axis=0)
+
+
 class _StarProfile:
     """The circular profile stars are fitted with: a Gaussian (``beta=None``) or a Moffat ``(1 + r^2/w^2)^-beta``
     of known index. Its free width ``w`` is the Gaussian's sigma or the Moffat's core radius."""
@@ -47,17 +59,11 @@ class _StarProfile:
     def __init__(self, beta=None):
         self.beta = None if beta is None else float(beta)
 
-    #: Sub-pixel offsets on which a Moffat is averaged over each pixel: a Moffat seen through square pixels is no
-    #: longer a Moffat (sampled at pixel centres its fitted flux comes out ~1 % high at 4 pixels FWHM), whereas a
-    #: Gaussian stays one, only wider, so it is sampled at the centres.
-    SUBPIXELS = (np.arange(3) - 1) / 3.0
-
     def shape(self, dx, dy, width):
         """Profile of unit peak, at pixel offsets ``(dx, dy)`` from its centre."""
         if self.beta is None:
             return np.exp(-0.5 * (dx ** 2 + dy ** 2) / width ** 2)
-        return np.mean([(1.0 + ((dx + sx) ** 2 + (dy + sy) ** 2) / width ** 2) ** -self.beta
-                        for sx in self.SUBPIXELS for sy in self.SUBPIXELS], axis=0)
+        return _pixel_moffat(dx, dy, width, self.beta)
 
     def area(self, width):
         """Integral of :meth:`shape` over the plane: total flux over peak."""
@@ -190,7 +196,8 @@ def measure_point_sources(image_path, truth, filter_name, *, seeing_arcsec=0.8, 
     guesses = {index: tuple(float(v) for v in wcs.world_to_pixel_values(source["ra"], source["dec"]))
                for index, source in enumerate(sources)
                if source["flux"][filter_name] >= min_flux_fraction * brightest}
-    if psf_beta is not None if subtract_neighbours is None else subtract_neighbours:
+    crowded = (psf_beta is not None) if subtract_neighbours is None else subtract_neighbours
+    if crowded:
         # brightest first, each subtracted once fitted: a faint star beside a bright one is not fitted on its core
         radius = int(math.ceil(NEIGHBOUR_RADIUS_FWHM * seeing_arcsec / scale))
         order = sorted(guesses, key=lambda index: -sources[index]["flux"][filter_name])
@@ -294,7 +301,7 @@ def _image_moffat_index(others, fits_by_source, order, half_size, profile, radiu
         values, ys, xs = own[good], yy[good], xx[good]
 
         def residuals(p):
-            return p[0] * _StarProfile(p[5]).shape(xs - p[1], ys - p[2], p[3]) + p[4] - values
+            return p[0] * _pixel_moffat(xs - p[1], ys - p[2], p[3], p[5]) + p[4] - values
 
         result = least_squares(residuals, [fit.amplitude, fit.x, fit.y, fit.width, 0.0, profile.beta],
                                bounds=([0, fit.x - 2, fit.y - 2, 0.3, -np.inf, 1.5],

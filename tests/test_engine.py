@@ -383,7 +383,7 @@ def test_a_merged_product_holds_the_ifus_of_the_job_that_made_it_also_in_a_new_s
     def cube_of(some_engine):
         (record,) = [r for r in some_engine.catalogue.records if r.tag == "TWILIGHT_CUBE"]
         assert record.ifu == 0          # merged: no IFU of its own
-        return [InputFrame.from_product(record)]
+        return [record.path]
 
     assert engine.ifus_held(cube_of(engine)) == 2
     assert engine.run([twilight]).results[twilight.name].status == "done"
@@ -391,4 +391,4 @@ def test_a_merged_product_holds_the_ifus_of_the_job_that_made_it_also_in_a_new_s
     fresh.add_area(layout)
     assert fresh.ifus_held(cube_of(fresh)) == 2
     # Inputs no job made (raw files, static calibrations) hold one as far as anyone knows.
-    assert fresh.ifus_held(_frames(raw, "BIAS", 60001.5)) == 1
+    assert fresh.ifus_held(frame.path for frame in _frames(raw, "BIAS", 60001.5)) == 1
