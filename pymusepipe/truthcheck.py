@@ -290,11 +290,11 @@ def _image_moffat_index(others, fits_by_source, order, half_size, profile, radiu
         fit = fits_by_source[index]
         x0, y0 = int(round(fit.x)), int(round(fit.y))
         ya, yb, xa, xb = max(y0 - box, 0), min(y0 + box + 1, ny), max(x0 - box, 0), min(x0 + box + 1, nx)
-        own = others[ya:yb, xa:xb].copy()
+        # the image minus the other stars: this star's fit put back, as :func:`_fit_stars` does
+        own = others.copy()
+        profile.subtract(own, dataclasses.replace(fit, amplitude=-fit.amplitude), radius)
+        own = own[ya:yb, xa:xb]
         yy, xx = np.mgrid[ya:yb, xa:xb]
-        # put back what :meth:`_StarProfile.subtract` took of this star (its square stamp)
-        stamp = (np.abs(xx - int(fit.x)) <= radius) & (np.abs(yy - int(fit.y)) <= radius)
-        own += fit.amplitude * profile.shape(xx - fit.x, yy - fit.y, fit.width) * stamp
         good = np.isfinite(own)
         if good.sum() < 0.9 * good.size:
             continue                                     # cut by an edge: the wings are not all there
